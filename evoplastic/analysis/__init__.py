@@ -1,0 +1,5 @@
+"""Analysis of runs: rule equations, reference cosines, held-out summaries, plots."""
+
+from .report import BASELINES, cosine, evaluate_final, rule_summary, summarize
+
+__all__ = ["BASELINES", "cosine", "evaluate_final", "rule_summary", "summarize"]

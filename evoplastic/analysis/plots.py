@@ -1,0 +1,57 @@
+"""Plots of a run: the learning curve and the discovered rule against a reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curve(records: list[dict], path: Path, title: str = "") -> Path:
+    """Best and mean meta-train loss per generation, and held-out loss where measured."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    gens = np.array([r["generation"] for r in records])
+    for key, label in (("best_loss", "best (meta-train)"), ("mean_loss", "mean (meta-train)")):
+        vals = np.array([r.get(key, np.nan) for r in records], float)
+        ax.plot(gens, vals, label=label)
+    tested = [r for r in records if "test_loss" in r]
+    if tested:
+        ax.plot(
+            [r["generation"] for r in tested],
+            [r["test_loss"] for r in tested],
+            "o-",
+            label="rule mean (meta-test)",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def rule_vs_reference(
+    terms, normalized, reference, path: Path, reference_name: str = "Oja"
+) -> Path:
+    """Bar chart of the normalized coefficients next to a reference rule's."""
+    x = np.arange(len(terms))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.8 * len(terms)), 4.0), dpi=110)
+    ax.bar(x - 0.2, normalized, width=0.4, label="discovered (normalized)")
+    ax.bar(x + 0.2, reference, width=0.4, label=reference_name)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(x, terms, rotation=30, ha="right")
+    ax.set_ylabel("coefficient")
+    ax.set_title(f"discovered rule vs {reference_name}'s rule")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,365 @@
+"""The ``evoplastic`` command line: run, resume, eval, plot, list, bench.
+
+Bad input prints one line, ``error: <what is wrong>``, and exits with code 2; nothing is
+written before a config has been fully validated.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(click.ClickException):
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None):
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _fail(message: str):
+    raise UserError(message)
+
+
+class _Plain:
+    """Progress as plain lines (when stdout is not a terminal)."""
+
+    def __init__(self, every: int | None = None):
+        self.every = every
+        self.t0 = time.perf_counter()
+
+    def start(self, total, initial):
+        self.total, self.initial = total, initial
+        self.every = self.every or max(1, total // 20)
+        self.t0 = time.perf_counter()
+
+    def update(self, r):
+        g = r["generation"] + 1
+        if g % self.every and g != self.total and "test_loss" not in r:
+            return
+        done = g - self.initial
+        eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - g)
+        line = (
+            f"gen {g:>5}/{self.total}  best {r['best_loss']:.4g}  mean {r['mean_loss']:.4g}"
+            f"  evals/s {r['evals_per_s']:,.0f}  eta {eta:.0f}s"
+        )
+        if r.get("nonfinite"):
+            line += f"  nonfinite {r['nonfinite']}"
+        if "test_loss" in r:
+            line += f"  test {r['test_loss']:.4g}"
+        click.echo(line)
+
+    def close(self):
+        pass
+
+    def warn(self, message):
+        click.echo(f"warning: {message}", err=True)
+
+
+class _Bar(_Plain):
+    """A rich progress bar: generation, best and mean loss, evaluations/s, ETA."""
+
+    def start(self, total, initial):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("gen"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self.task = self.progress.add_task("run", total=total, completed=initial, stats="")
+        self.progress.start()
+
+    def update(self, r):
+        stats = (
+            f"best {r['best_loss']:.4g} mean {r['mean_loss']:.4g} "
+            f"{r['evals_per_s']:,.0f} evals/s"
+        )
+        if r.get("nonfinite"):
+            stats += f" nonfinite {r['nonfinite']}"
+        self.progress.update(self.task, completed=r["generation"] + 1, stats=stats)
+
+    def close(self):
+        self.progress.stop()
+
+
+def _reporter(quiet: bool):
+    from .trainer import Reporter
+
+    if quiet:
+        return Reporter()
+    return _Bar() if sys.stdout.isatty() else _Plain()
+
+
+def _sigterm_as_interrupt():
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _load_config(path, overrides=(), seed=None):
+    from .config import ConfigError, load
+
+    try:
+        overrides = tuple(overrides) + ((f"seed={seed}",) if seed is not None else ())
+        return load(path, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _build(cfg):
+    from .config import ConfigError
+    from .experiment import build
+
+    try:
+        return build(cfg)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    rule = summary["rule"]
+    click.echo(f"\ndiscovered rule: {rule['equation']}")
+    if rule.get("cosine_to_oja") is not None:
+        click.echo(f"cosine to Oja's rule (dw = pre*post - post^2*w): {rule['cosine_to_oja']:.4f}")
+    for variant, by_rule in summary["eval"].items():
+        evolved = by_rule["evolved"]
+        n = evolved["loss"]["n"]
+        parts = []
+        for metric, s in evolved.items():
+            if metric == "loss":
+                continue
+            ref = by_rule.get("oja", {}).get(metric, {}).get("median")
+            extra = f" (Oja's rule: {ref:.4f})" if ref is not None else ""
+            parts.append(f"median {metric} {s['median']:.4f}{extra}")
+        click.echo(f"held-out [{variant}, {n} instances]: " + "; ".join(parts))
+    click.echo(f"run directory: {run_dir}")
+
+
+def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
+    from .trainer import Interrupted, finalize, train
+
+    _sigterm_as_interrupt()
+    try:
+        result = train(exp, run_dir, reporter=_reporter(quiet), resume=resume)
+    except Interrupted as stop:
+        click.echo(
+            f"\ninterrupted after generation {stop.generation}; checkpoint saved."
+            f" Resume with: evoplastic resume {run_dir}",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    from .trainer import read_metrics
+
+    summary = finalize(exp, run_dir, result.genome, read_metrics(run_dir))
+    if not quiet:
+        _print_summary(summary, run_dir)
+    return summary
+
+
+def _default_run_dir(name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="evoplastic")
+def cli():
+    """evoplastic: discover plasticity rules by evolution strategies."""
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (must not exist).")
+@click.option("--seed", type=int, help="Seed (overrides the config's).")
+@click.option("--quiet", is_flag=True, help="No progress and no summary.")
+def run(config_path, overrides, out, seed, quiet):
+    """Run the experiment in CONFIG (a YAML file), with optional KEY=VALUE overrides."""
+    cfg = _load_config(config_path, overrides, seed)
+    exp = _build(cfg)
+    run_dir = out or _default_run_dir(cfg.name)
+    if run_dir.exists():
+        _fail(f"run directory {str(run_dir)!r} already exists (choose another --out)")
+    from .trainer import prepare_run_dir
+
+    try:
+        prepare_run_dir(run_dir, exp)
+    except OSError as err:
+        _fail(f"cannot create run directory {str(run_dir)!r}: {err.strerror}")
+    if not quiet:
+        click.echo(f"run directory: {run_dir}")
+    _train_and_finish(exp, run_dir, resume=False, quiet=quiet)
+
+
+def _run_dir_config(run_dir: Path):
+    if not (run_dir / "config.yaml").is_file():
+        _fail(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+    return _load_config(run_dir / "config.yaml")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress and no summary.")
+def resume(run_dir, quiet):
+    """Continue an interrupted run from its newest intact checkpoint."""
+    from .checkpoint import list_checkpoints
+
+    exp = _build(_run_dir_config(run_dir))
+    has_ckpt = bool(list_checkpoints(run_dir / "checkpoints"))
+    if not has_ckpt:
+        click.echo("warning: no checkpoint yet; starting from generation 0", err=True)
+    _train_and_finish(exp, run_dir, resume=has_ckpt, quiet=quiet)
+
+
+def _run_genome(run_dir: Path):
+    from .checkpoint import CheckpointError
+    from .trainer import latest_genome
+
+    best = run_dir / "best_rule.json"
+    if best.is_file():
+        import jax.numpy as jnp
+
+        return jnp.asarray(json.loads(best.read_text())["genome"])
+    try:
+        return latest_genome(run_dir, warn=lambda m: click.echo(f"warning: {m}", err=True))
+    except CheckpointError as err:
+        _fail(str(err))
+
+
+@cli.command(name="eval")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1, metavar="[TASK_PARAM=VALUE]...")
+@click.option("--instances", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def eval_(run_dir, overrides, instances, as_json):
+    """Evaluate a run's rule on held-out instances, next to Oja's and Hebb's rules.
+
+    TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension.
+    """
+    import dataclasses
+
+    from .analysis import evaluate_final
+
+    cfg = _run_dir_config(run_dir)
+    task_over = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        task_over.append(item if key.startswith("task.") else f"task.{item}")
+    if task_over:
+        import yaml
+
+        from .config import ConfigError, parse, set_override
+
+        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+        try:
+            for item in task_over:
+                set_override(data, item)
+            cfg = parse(data)
+        except ConfigError as err:
+            _fail(str(err))
+    cfg = dataclasses.replace(cfg, test=dataclasses.replace(cfg.test, variants={}))
+    exp = _build(cfg)
+    genome = _run_genome(run_dir)
+    results = evaluate_final(exp, genome, instances)["trained"]
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = list(next(iter(results.values())))
+    table = Table(title=f"{run_dir} on {instances} held-out instances")
+    table.add_column("rule")
+    for m in metrics:
+        table.add_column(f"{m} mean ± 95%")
+        table.add_column(f"{m} median")
+    table.add_column("diverged")
+    for name, res in results.items():
+        row = [name]
+        for m in metrics:
+            s = res[m]
+            row += [f"{s['mean']:.4f} ± {s['ci95']:.4f}", f"{s['median']:.4f}"]
+        row.append(str(res["loss"]["nonfinite"]))
+        table.add_row(*row)
+    Console(width=160).print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def plot(run_dir):
+    """Redraw a run's learning curve and rule plot."""
+    from .analysis import plots
+    from .trainer import read_metrics
+
+    _run_dir_config(run_dir)
+    records = read_metrics(run_dir)
+    if not records:
+        _fail(f"{str(run_dir)!r} has no metrics yet")
+    out = plots.learning_curve(records, run_dir / "learning_curve.png")
+    click.echo(f"wrote {out}")
+
+
+@cli.command(name="list")
+def list_():
+    """List the available rules, tasks and strategies."""
+    from . import meta, rules, tasks
+
+    click.echo("rules:      " + ", ".join(rules.RULES))
+    click.echo("signals:    " + ", ".join(rules.SIGNAL_NAMES) + "  (terms: products like post^2*w)")
+    click.echo("tasks:      " + ", ".join(tasks.TASKS))
+    click.echo("strategies: " + ", ".join(meta.STRATEGIES))
+    click.echo("backends:   local")
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="Fewer repetitions.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write JSON here.")
+def bench(quick, json_path):
+    """Time the toolkit's generation step against a minimal hand-written loop."""
+    from .bench import run_bench
+
+    results = run_bench(quick=quick, echo=click.echo)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def main(argv=None):
+    """Entry point: click with one-line errors (exit 2) instead of usage dumps."""
+    try:
+        cli.main(args=argv, standalone_mode=False, prog_name="evoplastic")
+    except click.exceptions.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except UserError as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.UsageError as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""A single-layer rate network whose weights change only through a plasticity rule.
+
+At every step the network reads one input ``x``, computes ``y = f(W x)`` and applies the
+rule's weight change ``W <- W + lr_t * dw`` with ``lr_t = lr / (1 + lr_decay * t)``
+(a decaying step, as stochastic-approximation results such as Oja's convergence proof
+assume). Nothing but the current signals and the weights is stored: the network is
+online. ``run`` steps over a whole input stream with ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ..rules.base import Genome, Rule, Signals
+
+ACTIVATIONS = {"linear": lambda v: v, "tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+@struct.dataclass
+class RateState:
+    """Weights ``w[n_out, n_in]`` and the step counter ``t``."""
+
+    w: jax.Array
+    t: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class RateNetwork:
+    """A plastic layer ``y = activation(w @ x)``.
+
+    Attributes:
+      n_in, n_out: layer sizes (static).
+      activation: ``"linear"``, ``"tanh"`` or ``"relu"``.
+      lr: the plasticity step size.
+      lr_decay: step-size decay, ``lr_t = lr / (1 + lr_decay * t)``.
+      w_init_norm: the norm of each output neuron's random initial weight vector.
+    """
+
+    n_in: int
+    n_out: int = 1
+    activation: str = "linear"
+    lr: float = 0.1
+    lr_decay: float = 0.02
+    w_init_norm: float = 0.5
+
+    def init(self, key: jax.Array) -> RateState:
+        """Random weights, each row of norm ``w_init_norm``."""
+        w = jax.random.normal(key, (self.n_out, self.n_in))
+        w = self.w_init_norm * w / jnp.linalg.norm(w, axis=1, keepdims=True)
+        return RateState(w=w, t=jnp.zeros((), jnp.int32))
+
+    def forward(self, w: jax.Array, x: jax.Array) -> jax.Array:
+        return ACTIVATIONS[self.activation](w @ x)
+
+    def step(
+        self,
+        state: RateState,
+        x: jax.Array,
+        rule: Rule,
+        genome: Genome,
+        feedback: jax.Array | None = None,
+        modulator: jax.Array | None = None,
+    ) -> tuple[RateState, jax.Array]:
+        """One online step: respond to ``x``, then change the weights by the rule."""
+        y = self.forward(state.w, x)
+        dw = rule.update(genome, Signals(pre=x, post=y, w=state.w, err=feedback, mod=modulator))
+        lr_t = self.lr / (1.0 + self.lr_decay * state.t)
+        return RateState(w=state.w + lr_t * dw, t=state.t + 1), y
+
+    def run(
+        self, state: RateState, xs: jax.Array, rule: Rule, genome: Genome
+    ) -> tuple[RateState, jax.Array]:
+        """Step over a stream ``xs[T, n_in]``; returns the final state and outputs ``[T, n_out]``."""
+
+        def body(s, x):
+            return self.step(s, x, rule, genome)
+
+        return jax.lax.scan(body, state, xs)

@@ -1,0 +1,41 @@
+"""Plasticity rules: pure ``init``/``update`` pairs, and a registry to make them by name."""
+
+from .base import SIGNAL_NAMES, Rule, Signals
+from .polynomial import (
+    DEFAULT_TERMS,
+    REFERENCE_RULES,
+    TermError,
+    canonical,
+    format_equation,
+    hebb,
+    oja,
+    parse_term,
+    polynomial,
+    reference_genome,
+)
+
+RULES = {"polynomial": polynomial, "hebb": hebb, "oja": oja}
+
+
+def make(name: str, **kwargs) -> Rule:
+    """Make a rule from the registry: ``make("polynomial", terms=("pre*post", "w"))``."""
+    return RULES[name](**kwargs)
+
+
+__all__ = [
+    "DEFAULT_TERMS",
+    "REFERENCE_RULES",
+    "RULES",
+    "SIGNAL_NAMES",
+    "Rule",
+    "Signals",
+    "TermError",
+    "canonical",
+    "format_equation",
+    "hebb",
+    "make",
+    "oja",
+    "parse_term",
+    "polynomial",
+    "reference_genome",
+]

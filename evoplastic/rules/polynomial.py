@@ -1,0 +1,161 @@
+"""Polynomial plasticity rules: a weighted sum of named local terms.
+
+``dw = sum_k c_k * term_k(pre, post, w, err, mod)`` where every term is a product of
+powers of local signals, written as a string such as ``"pre*post"`` or ``"post^2*w"``.
+The term library is data (a tuple of strings), not code: any product of the signals in
+:data:`evoplastic.rules.base.SIGNAL_NAMES` is a valid term, and ``"1"`` is the constant.
+
+Oja's rule (Oja 1982, "A simplified neuron model as a principal component analyzer")
+is ``dw = pre*post - post^2*w``; Hebb's is ``dw = pre*post``. Both are available as
+fixed rules and as reference genomes over any library that contains their terms.
+
+Example::
+
+    rule = polynomial(("pre*post", "post^2*w", "w"))
+    genome = jnp.array([1.0, -1.0, 0.0])          # Oja's rule
+    dw = rule.update(genome, Signals(pre=x, post=y, w=w))
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .base import SIGNAL_NAMES, Genome, Rule, Signals
+
+DEFAULT_TERMS = ("pre*post", "post^2*w", "pre", "post", "w", "post*w", "1", "post^2")
+
+REFERENCE_RULES = {
+    "hebb": {"pre*post": 1.0},
+    "oja": {"pre*post": 1.0, "post^2*w": -1.0},
+}
+
+
+class TermError(ValueError):
+    """A term string that does not parse."""
+
+
+def parse_term(term: str) -> tuple[tuple[str, int], ...]:
+    """Parse ``"post^2*w"`` into ``(("post", 2), ("w", 1))`` in canonical signal order.
+
+    Raises:
+      TermError: if a factor names an unknown signal or a power is not a positive integer.
+    """
+    text = term.replace(" ", "")
+    if text == "1":
+        return ()
+    powers: dict[str, int] = {}
+    for factor in text.split("*"):
+        name, _, power = factor.partition("^")
+        if name not in SIGNAL_NAMES:
+            raise TermError(
+                f"term {term!r}: unknown signal {name!r} (signals: {', '.join(SIGNAL_NAMES)})"
+            )
+        try:
+            p = int(power) if power else 1
+        except ValueError:
+            p = 0
+        if p < 1:
+            raise TermError(f"term {term!r}: power of {name!r} must be a positive integer")
+        powers[name] = powers.get(name, 0) + p
+    return tuple((s, powers[s]) for s in SIGNAL_NAMES if s in powers)
+
+
+def canonical(term: str) -> str:
+    """The canonical spelling of a term (``"w*post^2"`` -> ``"post^2*w"``)."""
+    factors = parse_term(term)
+    if not factors:
+        return "1"
+    return "*".join(s if p == 1 else f"{s}^{p}" for s, p in factors)
+
+
+def reference_genome(name: str, terms: tuple[str, ...]) -> np.ndarray:
+    """The coefficient vector of a reference rule (``"oja"``, ``"hebb"``) over ``terms``.
+
+    Raises:
+      KeyError: if the rule is unknown or the library lacks one of its terms.
+    """
+    coefs = REFERENCE_RULES[name]
+    index = {canonical(t): i for i, t in enumerate(terms)}
+    out = np.zeros(len(terms), np.float32)
+    for term, value in coefs.items():
+        if term not in index:
+            raise KeyError(f"the term library lacks {term!r}, needed by {name}'s rule")
+        out[index[term]] = value
+    return out
+
+
+def format_equation(coefs, terms: tuple[str, ...], normalize: bool = True) -> str:
+    """``dw = 1.00*pre*post - 0.99*post^2*w + ...``, scaled so the largest |c| is 1."""
+    c = np.asarray(coefs, np.float64)
+    scale = np.max(np.abs(c)) if normalize and np.any(c) else 1.0
+    parts = []
+    for value, term in zip(c / scale, terms, strict=True):
+        sign = "-" if value < 0 else "+"
+        body = f"{abs(value):.2f}" if canonical(term) == "1" else f"{abs(value):.2f}*{term}"
+        parts.append((sign, body))
+    if not parts:
+        return "dw = 0"
+    first_sign, first = parts[0]
+    text = ("-" if first_sign == "-" else "") + first
+    for sign, body in parts[1:]:
+        text += f" {sign} {body}"
+    return "dw = " + text
+
+
+def _evaluate_terms(parsed, signals: Signals) -> jax.Array:
+    """Stack of every term's value, shape ``[K, n_out, n_in]``."""
+    local = signals.broadcast()
+    shape = signals.w.shape
+    values = []
+    for factors in parsed:
+        value = jnp.ones(shape, signals.w.dtype)
+        for name, power in factors:
+            value = value * local[name] ** power
+        values.append(jnp.broadcast_to(value, shape))
+    return jnp.stack(values)
+
+
+def polynomial(terms: tuple[str, ...] = DEFAULT_TERMS, init_scale: float = 0.0) -> Rule:
+    """A rule ``dw = sum_k c_k * term_k``; the genome is the coefficient vector ``c``.
+
+    Args:
+      terms: the term library, e.g. ``("pre*post", "post^2*w", "w")``.
+      init_scale: standard deviation of the initial coefficients (0: start at zero).
+
+    Returns:
+      A :class:`Rule` whose ``terms`` attribute is the library.
+    """
+    terms = tuple(terms)
+    parsed = tuple(parse_term(t) for t in terms)
+
+    def init(key: jax.Array) -> Genome:
+        return init_scale * jax.random.normal(key, (len(terms),))
+
+    def update(genome: Genome, signals: Signals) -> jax.Array:
+        return jnp.tensordot(genome, _evaluate_terms(parsed, signals), axes=1)
+
+    return Rule("polynomial", init, update, lambda g: format_equation(g, terms), terms)
+
+
+def _fixed(name: str) -> Rule:
+    terms = tuple(REFERENCE_RULES[name])
+    parsed = tuple(parse_term(t) for t in terms)
+    coefs = jnp.asarray(list(REFERENCE_RULES[name].values()))
+
+    def update(genome: Genome, signals: Signals) -> jax.Array:
+        del genome
+        return jnp.tensordot(coefs, _evaluate_terms(parsed, signals), axes=1)
+
+    return Rule(name, lambda key: jnp.zeros((0,)), update, lambda g: format_equation(coefs, terms))
+
+
+def hebb() -> Rule:
+    """Hebb's rule ``dw = pre*post`` (fixed; its genome is empty)."""
+    return _fixed("hebb")
+
+
+def oja() -> Rule:
+    """Oja's rule ``dw = pre*post - post^2*w`` (fixed; its genome is empty)."""
+    return _fixed("oja")

@@ -1,0 +1,24 @@
+"""Task families: what a plastic network should learn, with disjoint meta-train/test splits."""
+
+from .base import SPLITS, TEST_SEED, TaskFamily, split_key, test_instance_keys
+from .pca import PCAFamily, PCATask
+
+TASKS = {"pca": PCAFamily}
+
+
+def make(name: str, network: dict | None = None, **params) -> TaskFamily:
+    """Make a task family from the registry: ``make("pca", dim=8, network={"lr": 0.1})``."""
+    return TASKS[name].create(network=network, **params)
+
+
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "TEST_SEED",
+    "PCAFamily",
+    "PCATask",
+    "TaskFamily",
+    "make",
+    "split_key",
+    "test_instance_keys",
+]

@@ -1,0 +1,83 @@
+"""Task family ``pca``: a plastic linear neuron should find the first principal component.
+
+Each instance draws a random orthogonal basis ``Q`` and a spectrum with a distinct
+leading eigenvalue ``lambda_1 = s`` (``s ~ U[scale_min, scale_max]``) and the rest
+``s * U[0, noise_eig_max]``; the input stream is ``x_t ~ N(0, Q diag(lambda) Q^T)``.
+The overall scale ``s`` varies between instances, so a rule can only keep ``|w| = 1``
+everywhere by normalizing with the neuron's own activity, as Oja's rule does
+(Oja 1982, J. Math. Biol. 15:267-273).
+
+The loss of an instance is ``1 - |cos(w_T, PC1)| + norm_penalty * (|w_T| - 1)^2`` for
+the final weights ``w_T``; non-finite weights give a non-finite loss, which the outer
+loop ranks worst.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ..networks.rate import RateNetwork
+from .base import split_key
+
+
+@struct.dataclass
+class PCATask:
+    """One instance: the input stream, its first principal component, the initial weights."""
+
+    xs: jax.Array  # [steps, dim]
+    pc1: jax.Array  # [dim]
+    w0_key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PCAFamily:
+    """Principal-component extraction by a single plastic neuron.
+
+    Attributes:
+      network: the plastic layer (``n_in = dim``, ``n_out = 1``).
+      dim: input dimension.
+      steps: length of the input stream (inner-loop steps).
+      noise_eig_max: upper bound of the non-leading eigenvalues, relative to the leading one.
+      scale_min, scale_max: range of the leading eigenvalue.
+      norm_penalty: weight of ``(|w| - 1)^2`` in the loss.
+    """
+
+    network: RateNetwork
+    dim: int = 8
+    steps: int = 2000
+    noise_eig_max: float = 0.25
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    norm_penalty: float = 1.0
+
+    metric_names = ("alignment", "norm")
+
+    def sample(self, key: jax.Array, split: str) -> PCATask:
+        k_basis, k_scale, k_spec, k_stream, k_w0 = jax.random.split(split_key(key, split), 5)
+        q, _ = jnp.linalg.qr(jax.random.normal(k_basis, (self.dim, self.dim)))
+        scale = jax.random.uniform(k_scale, minval=self.scale_min, maxval=self.scale_max)
+        rest = jax.random.uniform(k_spec, (self.dim - 1,), maxval=self.noise_eig_max)
+        eig = scale * jnp.concatenate([jnp.ones(1), rest])
+        z = jax.random.normal(k_stream, (self.steps, self.dim))
+        xs = (z * jnp.sqrt(eig)) @ q.T
+        return PCATask(xs=xs, pc1=q[:, 0], w0_key=k_w0)
+
+    def inner_loop(self, rule, genome, task: PCATask, key: jax.Array | None = None):
+        del key  # the instance carries all of its randomness
+        state = self.network.init(task.w0_key)
+        state, _ = self.network.run(state, task.xs, rule, genome)
+        w = state.w[0]
+        norm = jnp.linalg.norm(w)
+        alignment = jnp.abs(w @ task.pc1) / norm
+        loss = 1.0 - alignment + self.norm_penalty * (norm - 1.0) ** 2
+        return loss, {"alignment": alignment, "norm": norm}
+
+    @classmethod
+    def create(cls, network: dict | None = None, **params) -> PCAFamily:
+        """Make the family; ``network`` holds :class:`RateNetwork` options."""
+        dim = params.get("dim", cls.dim)
+        return cls(network=RateNetwork(n_in=dim, n_out=1, **(network or {})), **params)

@@ -1,0 +1,236 @@
+"""The generation loop: ask, evaluate, tell; then log, test and checkpoint.
+
+The trainer is the only library module that writes files. A run directory holds::
+
+    config.yaml        the resolved config
+    metrics.jsonl      one line per generation
+    checkpoints/       ckpt-<generation>.pkl, the last few (atomic, checksummed)
+    best_rule.json     the final rule (search-distribution mean): coefficients and equation
+    eval.json          held-out evaluation of the final rule (and reference rules)
+    learning_curve.png, rule_vs_reference.png
+
+Resuming loads the newest intact checkpoint, drops metric lines written after it and
+continues; since every key is ``fold_in(run_key, generation, ...)`` and a generation is
+one deterministic compiled step, a resumed run ends with the same genome and the same
+metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import checkpoint
+from .backends import make_genome_evaluator
+from .config import dump
+from .experiment import Experiment
+from .tasks import test_instance_keys
+
+TIMING_FIELDS = ("time_s", "evals_per_s")
+
+
+class Interrupted(Exception):
+    """The run was stopped (SIGINT/SIGTERM) after a checkpoint of ``generation`` was saved."""
+
+    def __init__(self, generation: int):
+        super().__init__(f"interrupted after generation {generation}")
+        self.generation = generation
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    genome: Any
+    records: list[dict]
+    generations: int
+
+
+class Reporter:
+    """Progress callbacks; the CLI supplies a progress bar or plain lines."""
+
+    def start(self, total: int, initial: int) -> None: ...
+
+    def update(self, record: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+
+def _scalar(x) -> float | int:
+    x = np.asarray(x)
+    return int(x) if np.issubdtype(x.dtype, np.integer) else float(x)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every complete line of ``metrics.jsonl`` (a torn last line is ignored)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def _truncate_metrics(run_dir: Path, generation: int) -> list[dict]:
+    """Keep the metric lines of generations before ``generation`` (resume)."""
+    kept = [r for r in read_metrics(run_dir) if r["generation"] < generation]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    checkpoint.atomic_write(Path(run_dir) / "metrics.jsonl", text.encode())
+    return kept
+
+
+def _state_leaves(state) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def test_summary(evaluator, genome, instances: int) -> dict[str, float]:
+    """Mean loss and median of every task metric on the first held-out instances."""
+    loss, metrics = evaluator(genome, test_instance_keys(instances))
+    loss = np.asarray(loss)
+    finite = np.isfinite(loss)
+    out = {
+        "test_loss": float(np.mean(loss[finite])) if finite.any() else float("nan"),
+        "test_nonfinite": int((~finite).sum()),
+    }
+    for name, values in metrics.items():
+        out[f"test_{name}"] = float(np.median(np.asarray(values)))
+    return out
+
+
+def prepare_run_dir(run_dir: Path, exp: Experiment) -> None:
+    """Create a new run directory holding the resolved config (must not exist yet)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "checkpoints").mkdir()
+    checkpoint.atomic_write(run_dir / "config.yaml", dump(exp.config).encode())
+
+
+def train(
+    exp: Experiment,
+    run_dir: Path,
+    reporter: Reporter | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    on_generation: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) the generation loop of ``exp`` in ``run_dir``.
+
+    Args:
+      exp: the built experiment.
+      run_dir: a directory made by :func:`prepare_run_dir` (or an earlier run to resume).
+      reporter: progress callbacks.
+      resume: continue from the newest intact checkpoint.
+      stop_after: stop (with a checkpoint) after this generation; for tests and budgets.
+      on_generation: called with the number of finished generations (after the log line).
+
+    Raises:
+      Interrupted: on KeyboardInterrupt, after saving a checkpoint.
+    """
+    cfg = exp.config
+    reporter = reporter or Reporter()
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    run_key = jax.random.PRNGKey(cfg.seed)
+    state = exp.init_state(run_key)
+    start = 0
+    if resume:
+        payload = checkpoint.load_latest(ckpt_dir, warn=reporter.warn)
+        treedef = jax.tree.structure(state)
+        state = jax.tree.unflatten(treedef, [jax.numpy.asarray(x) for x in payload["state"]])
+        start = int(payload["generation"])
+        records = _truncate_metrics(run_dir, start)
+    else:
+        records = []
+    step = exp.generation_step()
+    evaluator = make_genome_evaluator(exp.family, exp.rule)
+    evals_per_gen = cfg.strategy.population_size * cfg.evaluation.instances
+    end = cfg.generations if stop_after is None else min(cfg.generations, stop_after)
+
+    def save(generation, st):
+        checkpoint.save(
+            ckpt_dir,
+            generation,
+            {
+                "generation": generation,
+                "seed": cfg.seed,
+                "state": _state_leaves(st),
+                "genome": jax.tree.map(np.asarray, exp.mean_genome(st)),
+            },
+            keep=cfg.checkpoint.keep,
+        )
+
+    done = start
+    reporter.start(cfg.generations, start)
+    metrics_file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115
+    try:
+        for g in range(start, end):
+            t0 = time.perf_counter()
+            new_state, m = step(state, run_key, g)
+            m = jax.device_get(m)
+            elapsed = time.perf_counter() - t0
+            record = {"generation": g, **{k: _scalar(v) for k, v in m.items()}}
+            std = getattr(new_state, "std", None)
+            if std is not None:
+                record["sigma"] = float(np.mean(np.asarray(std)))
+            if cfg.test.every and (g + 1) % cfg.test.every == 0:
+                record |= test_summary(evaluator, exp.mean_genome(new_state), cfg.test.instances)
+            record["time_s"] = elapsed
+            record["evals_per_s"] = evals_per_gen / max(elapsed, 1e-9)
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            state, done = new_state, g + 1
+            records.append(record)
+            reporter.update(record)
+            if done % cfg.checkpoint.every == 0 or done == end:
+                save(done, state)
+            if on_generation is not None:
+                on_generation(done)
+    except KeyboardInterrupt:
+        metrics_file.close()
+        reporter.close()
+        save(done, state)
+        raise Interrupted(done) from None
+    metrics_file.close()
+    reporter.close()
+    return TrainResult(run_dir, exp.mean_genome(state), records, done)
+
+
+def latest_genome(run_dir: Path, warn=None):
+    """The genome of the newest intact checkpoint of a run."""
+    return checkpoint.load_latest(Path(run_dir) / "checkpoints", warn=warn)["genome"]
+
+
+def finalize(exp: Experiment, run_dir: Path, genome, records: list[dict]) -> dict:
+    """Write ``best_rule.json``, ``eval.json`` and the plots; return the summary."""
+    from . import rules
+    from .analysis import evaluate_final, rule_summary
+    from .analysis import plots
+
+    run_dir = Path(run_dir)
+    summary = rule_summary(exp.rule, genome)
+    genome_list = jax.tree.map(lambda x: np.asarray(x).tolist(), genome)
+    best = summary | {"genome": genome_list, "generations": len(records)}
+    checkpoint.atomic_write(run_dir / "best_rule.json", (json.dumps(best, indent=2) + "\n").encode())
+    results = evaluate_final(exp, genome, exp.config.test.final_instances)
+    checkpoint.atomic_write(run_dir / "eval.json", (json.dumps(results, indent=2) + "\n").encode())
+    plots.learning_curve(records, run_dir / "learning_curve.png", title=exp.config.name)
+    if summary.get("cosine_to_oja") is not None:
+        plots.rule_vs_reference(
+            exp.rule.terms,
+            summary["normalized"],
+            rules.reference_genome("oja", exp.rule.terms),
+            run_dir / "rule_vs_reference.png",
+        )
+    return {"rule": best, "eval": results}
