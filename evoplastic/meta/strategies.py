@@ -17,7 +17,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import optax
-from evosax import algorithms as _alg
+from evosax.algorithms import distribution_based_algorithms as _ALGORITHMS
 
 # registry name -> evosax class name (distribution-based strategies with a plain ask/tell)
 STRATEGIES = {
@@ -104,7 +104,7 @@ def make(
     """
     if name not in STRATEGIES:
         raise StrategyError("strategy.name", f"unknown strategy {name!r}{_suggest(name, STRATEGIES)}")
-    cls = getattr(_alg, STRATEGIES[name])
+    cls = _ALGORITHMS[STRATEGIES[name]]
     accepted = inspect.signature(cls.__init__).parameters
     kwargs: dict[str, Any] = {}
     for key, value in (options or {}).items():

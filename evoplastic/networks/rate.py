@@ -49,9 +49,12 @@ class RateNetwork:
 
     def init(self, key: jax.Array) -> RateState:
         """Random weights, each row of norm ``w_init_norm``."""
-        w = jax.random.normal(key, (self.n_out, self.n_in))
-        w = self.w_init_norm * w / jnp.linalg.norm(w, axis=1, keepdims=True)
-        return RateState(w=w, t=jnp.zeros((), jnp.int32))
+        return self.init_from(jax.random.normal(key, (self.n_out, self.n_in)))
+
+    def init_from(self, direction: jax.Array) -> RateState:
+        """Weights along ``direction[n_out, n_in]``, each row rescaled to ``w_init_norm``."""
+        w = direction / jnp.linalg.norm(direction, axis=1, keepdims=True)
+        return RateState(w=self.w_init_norm * w, t=jnp.zeros((), jnp.int32))
 
     def forward(self, w: jax.Array, x: jax.Array) -> jax.Array:
         return ACTIVATIONS[self.activation](w @ x)

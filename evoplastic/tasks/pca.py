@@ -30,7 +30,7 @@ class PCATask:
 
     xs: jax.Array  # [steps, dim]
     pc1: jax.Array  # [dim]
-    w0_key: jax.Array
+    w0: jax.Array  # [1, dim], direction of the initial weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,18 +57,22 @@ class PCAFamily:
     metric_names = ("alignment", "norm")
 
     def sample(self, key: jax.Array, split: str) -> PCATask:
-        k_basis, k_scale, k_spec, k_stream, k_w0 = jax.random.split(split_key(key, split), 5)
-        q, _ = jnp.linalg.qr(jax.random.normal(k_basis, (self.dim, self.dim)))
-        scale = jax.random.uniform(k_scale, minval=self.scale_min, maxval=self.scale_max)
-        rest = jax.random.uniform(k_spec, (self.dim - 1,), maxval=self.noise_eig_max)
-        eig = scale * jnp.concatenate([jnp.ones(1), rest])
-        z = jax.random.normal(k_stream, (self.steps, self.dim))
+        # two draws for the whole instance: fewer random-number call sites compile faster
+        k_normal, k_uniform = jax.random.split(split_key(key, split))
+        d = self.dim
+        g = jax.random.normal(k_normal, (d * d + d + self.steps * d,))
+        u = jax.random.uniform(k_uniform, (d,))
+        q, _ = jnp.linalg.qr(g[: d * d].reshape(d, d))
+        w0 = g[d * d : d * d + d].reshape(1, d)
+        z = g[d * d + d :].reshape(self.steps, d)
+        scale = self.scale_min + (self.scale_max - self.scale_min) * u[0]
+        eig = scale * jnp.concatenate([jnp.ones(1), self.noise_eig_max * u[1:]])
         xs = (z * jnp.sqrt(eig)) @ q.T
-        return PCATask(xs=xs, pc1=q[:, 0], w0_key=k_w0)
+        return PCATask(xs=xs, pc1=q[:, 0], w0=w0)
 
     def inner_loop(self, rule, genome, task: PCATask, key: jax.Array | None = None):
         del key  # the instance carries all of its randomness
-        state = self.network.init(task.w0_key)
+        state = self.network.init_from(task.w0)
         state, _ = self.network.run(state, task.xs, rule, genome)
         w = state.w[0]
         norm = jnp.linalg.norm(w)

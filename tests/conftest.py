@@ -1,0 +1,54 @@
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SMALL = {
+    "name": "small",
+    "seed": 0,
+    "generations": 4,
+    "task": {"name": "pca", "dim": 4, "steps": 64},
+    "rule": {"name": "polynomial", "terms": ["pre*post", "post^2*w", "w", "post"]},
+    "strategy": {"name": "cma_es", "population_size": 8, "std_init": 0.3},
+    "evaluation": {"instances": 2},
+    "test": {"every": 2, "instances": 4, "final_instances": 8},
+    "checkpoint": {"every": 2, "keep": 2},
+}
+
+
+def small_config(**sections) -> dict:
+    """A tiny, fast config; keyword arguments replace or update whole sections."""
+    cfg = copy.deepcopy(SMALL)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(cfg: dict, name: str = "cfg.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return write
+
+
+def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run the real ``evoplastic`` entry point in a subprocess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "evoplastic.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )

@@ -1,0 +1,83 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evoplastic import backends, build, config, meta
+from evoplastic.backends import make_generation_step, member_keys, sanitize
+
+from .conftest import small_config
+
+
+def test_member_fitness_does_not_depend_on_sharding():
+    """Evaluating the population in shards gives the same fitness as all at once."""
+    for common in (True, False):
+        exp = build(config.parse(small_config(evaluation={"common_instances": common})))
+        fit = exp.fitness()
+        pop = jax.random.normal(jax.random.PRNGKey(0), (8, 4)) * 0.3
+        key = jax.random.PRNGKey(5)
+        keys = member_keys(key, 8, common)
+        whole = backends.evaluate_population(fit, pop, keys)
+        parts = [backends.evaluate_population(fit, pop[s], keys[s]) for s in (slice(0, 3), slice(3, 8))]
+        np.testing.assert_array_equal(whole, np.concatenate(parts))
+        # a member's fitness depends on its index, not on its neighbours
+        alone = backends.evaluate_population(fit, pop[5:6], keys[5:6])
+        np.testing.assert_array_equal(alone, whole[5:6])
+    assert not np.array_equal(*member_keys(key, 2, False))
+    assert np.array_equal(*member_keys(key, 2, True))
+
+
+def test_sanitize_ranks_nonfinite_worst_and_counts():
+    raw = jnp.array([0.5, jnp.nan, 2.0, jnp.inf, -jnp.inf])
+    fit, n = sanitize(raw)
+    assert int(n) == 3
+    assert np.all(np.isfinite(fit))
+    assert np.all(np.asarray(fit)[[1, 3, 4]] > 2.0)
+    fit, n = sanitize(jnp.array([jnp.nan, jnp.nan]))
+    assert int(n) == 2 and np.all(np.isfinite(fit))
+
+
+def test_nonfinite_losses_never_poison_the_strategy():
+    """Half the population returns NaN or inf every generation; the run goes on and learns."""
+    target = jnp.array([0.5, -0.5])
+
+    def fitness(genome, key):
+        loss = jnp.sum((genome - target) ** 2)
+        bad = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5)
+        return jnp.where(bad, jnp.where(genome[0] > 0.5, jnp.inf, jnp.nan), loss)
+
+    for name in ("cma_es", "open_es", "snes"):
+        es, p = meta.make(name, 16, jnp.zeros(2), std_init=0.3)
+        step = make_generation_step(es, p, fitness, common_instances=False)
+        state = es.init(jax.random.PRNGKey(0), jnp.zeros(2), p)
+        counted = 0
+        for g in range(80):
+            state, m = step(state, jax.random.PRNGKey(3), g)
+            counted += int(m["nonfinite"])
+            assert np.isfinite(float(m["mean_loss"]))
+        assert counted > 0
+        leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+        assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves if x.size and x.ndim)
+        assert float(jnp.sum((es.get_mean(state) - target) ** 2)) < 0.05, name
+
+
+def test_no_recompilation_after_first_generation():
+    exp = build(config.parse(small_config()))
+    step = exp.generation_step()
+    run_key = jax.random.PRNGKey(0)
+    state = exp.init_state(run_key)
+    for g in range(4):
+        state, _ = step(state, run_key, g)
+    assert step._cache_size() == 1
+
+
+def test_generation_is_deterministic():
+    exp = build(config.parse(small_config()))
+    run_key = jax.random.PRNGKey(0)
+    outs = []
+    for _ in range(2):
+        step = exp.generation_step()
+        state = exp.init_state(run_key)
+        for g in range(3):
+            state, m = step(state, run_key, g)
+        outs.append(np.asarray(exp.mean_genome(state)))
+    np.testing.assert_array_equal(*outs)

@@ -1,0 +1,102 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evoplastic import rules
+from evoplastic.rules import Signals
+
+ALL_TERMS = ("pre*post", "post^2*w", "pre", "post", "w", "post*w", "1", "err*pre", "mod*pre*post")
+
+
+def test_parse_and_canonical():
+    assert rules.parse_term("post^2*w") == (("post", 2), ("w", 1))
+    assert rules.canonical("w*post^2") == "post^2*w"
+    assert rules.canonical("post*post*w") == "post^2*w"
+    assert rules.parse_term("1") == ()
+    for bad in ("pree*post", "post^0", "post^x", "post^-1"):
+        with pytest.raises(rules.TermError):
+            rules.parse_term(bad)
+
+
+def test_polynomial_matches_formula():
+    rule = rules.polynomial(("pre*post", "post^2*w", "w", "1"))
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    pre, post = jax.random.normal(k1, (5,)), jax.random.normal(k2, (3,))
+    w = jax.random.normal(k3, (3, 5))
+    c = jnp.array([0.7, -1.3, 0.2, 0.05])
+    dw = rule.update(c, Signals(pre=pre, post=post, w=w))
+    expected = (
+        0.7 * jnp.outer(post, pre) - 1.3 * (post**2)[:, None] * w + 0.2 * w + 0.05 * jnp.ones_like(w)
+    )
+    np.testing.assert_allclose(dw, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_rules_equal_reference_genomes():
+    rule = rules.polynomial(rules.DEFAULT_TERMS)
+    sig = Signals(pre=jnp.array([0.3, -1.0]), post=jnp.array([0.5]), w=jnp.array([[0.2, 0.4]]))
+    for name in ("oja", "hebb"):
+        g = rules.reference_genome(name, rule.terms)
+        fixed = rules.make(name)
+        np.testing.assert_allclose(rule.update(g, sig), fixed.update(jnp.zeros(0), sig), rtol=1e-6)
+    np.testing.assert_allclose(
+        rules.oja().update(None, sig), sig.pre[None] * 0.5 - 0.25 * sig.w, rtol=1e-6
+    )
+
+
+def test_reference_genome_needs_its_terms():
+    with pytest.raises(KeyError):
+        rules.reference_genome("oja", ("pre*post", "w"))
+
+
+def test_format_equation_normalizes():
+    eq = rules.format_equation(np.array([2.0, -1.98, 0.0]), ("pre*post", "post^2*w", "1"))
+    assert eq == "dw = 1.00*pre*post - 0.99*post^2*w + 0.00"
+
+
+def _jacobians(rule, genome, sig):
+    def f(pre, post, w, err, mod):
+        return rule.update(genome, Signals(pre=pre, post=post, w=w, err=err, mod=mod))
+
+    return jax.jacobian(f, argnums=(0, 1, 2, 3))(sig.pre, sig.post, sig.w, sig.err, sig.mod)
+
+
+@pytest.mark.parametrize("rule_name", ["polynomial", "oja", "hebb"])
+def test_locality(rule_name):
+    """dw[i, j] has zero derivative w.r.t. every signal of another synapse."""
+    rule = rules.polynomial(ALL_TERMS) if rule_name == "polynomial" else rules.make(rule_name)
+    genome = jnp.linspace(-1.0, 1.0, len(rule.terms)) if rule_name == "polynomial" else None
+    n_out, n_in = 3, 4
+    k = jax.random.split(jax.random.PRNGKey(1), 4)
+    sig = Signals(
+        pre=jax.random.normal(k[0], (n_in,)),
+        post=jax.random.normal(k[1], (n_out,)),
+        w=jax.random.normal(k[2], (n_out, n_in)),
+        err=jax.random.normal(k[3], (n_out,)),
+        mod=jnp.asarray(0.7),
+    )
+    d_pre, d_post, d_w, d_err = _jacobians(rule, genome, sig)
+    eye_in, eye_out = np.eye(n_in), np.eye(n_out)
+    # allowed dependency masks: dw[i, j] on pre[j], post[i], w[i, j], err[i]
+    mask_pre = np.broadcast_to(eye_in[None, :, :], (n_out, n_in, n_in))
+    mask_post = np.broadcast_to(eye_out[:, None, :], (n_out, n_in, n_out))
+    mask_w = np.einsum("ik,jl->ijkl", eye_out, eye_in)
+    for jac, mask in ((d_pre, mask_pre), (d_post, mask_post), (d_w, mask_w), (d_err, mask_post)):
+        assert np.all(np.asarray(jac)[mask == 0] == 0.0)
+    # and it does depend on its own synapse's signals (the check is not vacuous)
+    assert np.any(np.asarray(d_pre)[mask_pre == 1] != 0)
+    if rule_name != "hebb":
+        assert np.any(np.asarray(d_w)[mask_w == 1] != 0)
+
+
+def test_locality_check_catches_a_nonlocal_rule():
+    """The mask test above fails for a rule that mixes synapses (a weight-transport rule)."""
+
+    def update(genome, sig):
+        return jnp.outer(sig.post, sig.pre) - sig.w.sum(axis=1, keepdims=True)
+
+    bad = rules.Rule("bad", lambda k: jnp.zeros(1), update, str)
+    sig = Signals(pre=jnp.ones(3), post=jnp.ones(2), w=jnp.ones((2, 3)), err=jnp.zeros(2), mod=jnp.ones(()))
+    _, _, d_w, _ = _jacobians(bad, None, sig)
+    mask_w = np.einsum("ik,jl->ijkl", np.eye(2), np.eye(3))
+    assert np.any(np.asarray(d_w)[mask_w == 0] != 0)
