@@ -181,14 +181,23 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def _defaults(factory, skip=("network",)) -> dict:
+    return {
+        n: p.default
+        for n, p in inspect.signature(factory).parameters.items()
+        if n not in skip and p.default is not inspect.Parameter.empty
+    }
+
+
 def _named(section: dict, path: str, registry: dict) -> tuple[str, dict]:
+    """Validate a ``{"name": ..., **params}`` section and fill in the defaults."""
     params = dict(section)
     name = params.pop("name", None)
     if not isinstance(name, str):
         raise ConfigError(f"{path}.name: required, one of {', '.join(registry)}")
     if name not in registry:
         raise ConfigError(f"{path}.name: unknown {path} {name!r}{_suggest(name, registry)}")
-    return name, _kwargs_of(registry[name], params, path)
+    return name, _defaults(registry[name]) | _kwargs_of(registry[name], params, path)
 
 
 def parse(data: Any) -> Config:

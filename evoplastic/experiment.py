@@ -77,7 +77,7 @@ def build(cfg: Config) -> Experiment:
             cfg.task["name"], network=dataclasses.asdict(cfg.network), **task_params
         )
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"task: {err}") from None
+        raise ConfigError(str(err)) from None
     try:
         strategy, es_params = meta.make(
             cfg.strategy.name,

@@ -56,6 +56,19 @@ class PCAFamily:
 
     metric_names = ("alignment", "norm")
 
+    def __post_init__(self):
+        if self.dim < 2 or self.steps < 1:
+            raise ValueError(f"task.dim must be >= 2 and task.steps >= 1, got {self.dim}, {self.steps}")
+        if not 0.0 <= self.noise_eig_max < 1.0:
+            raise ValueError(f"task.noise_eig_max: must be in [0, 1), got {self.noise_eig_max}")
+        if not 0.0 < self.scale_min <= self.scale_max:
+            raise ValueError(
+                f"task.scale_min: must satisfy 0 < scale_min <= scale_max,"
+                f" got {self.scale_min} and {self.scale_max}"
+            )
+        if self.norm_penalty < 0:
+            raise ValueError(f"task.norm_penalty: must be >= 0, got {self.norm_penalty}")
+
     def sample(self, key: jax.Array, split: str) -> PCATask:
         # two draws for the whole instance: fewer random-number call sites compile faster
         k_normal, k_uniform = jax.random.split(split_key(key, split))

@@ -1,0 +1,89 @@
+import pytest
+
+from evoplastic import build, config
+from evoplastic.config import ConfigError
+
+from .conftest import small_config
+
+
+def test_defaults_fill_in_and_round_trip():
+    cfg = config.parse(small_config())
+    assert cfg.network.lr == 0.1 and cfg.evaluation.common_instances is True
+    again = config.parse(__import__("yaml").safe_load(config.dump(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"generatons": 3}, r"^generatons: unknown key \(did you mean 'generations'\?\)$"),
+        ({"strategy": {"populaton_size": 3}}, r"strategy.populaton_size: unknown key.*population_size"),
+        ({"task": {"name": "pca", "dimm": 3}}, r"task.dimm: unknown key.*'dim'"),
+        ({"generations": "ten"}, r"^generations: expected an integer, got 'ten'$"),
+        ({"generations": 2.5}, r"^generations: expected an integer"),
+        ({"generations": 0}, r"^generations: must be > 0, got 0$"),
+        ({"strategy": {"population_size": -4}}, r"^strategy.population_size: must be > 0"),
+        ({"strategy": {"std_init": 0}}, r"^strategy.std_init: must be > 0"),
+        ({"evaluation": {"common_instances": "yes"}}, r"evaluation.common_instances: expected true or false"),
+        ({"task": {"name": "pcaa"}}, r"^task.name: unknown task 'pcaa' \(did you mean 'pca'\?\)$"),
+        ({"task": {"name": "pca", "dim": 0}}, r"^task.dim: must be > 0"),
+        ({"rule": {"name": "polynomal"}}, r"rule.name: unknown rule.*'polynomial'"),
+        ({"network": {"activation": "sigmoid"}}, r"network.activation: unknown activation"),
+        ({"network": {"lr": -1.0}}, r"network.lr: must be > 0"),
+        ({"backend": "rayy"}, r"^backend: unknown backend"),
+        ({"test": {"variants": {"big": {"dimx": 40}}}}, r"test.variants.big.dimx: unknown key"),
+        ({"rule": {"name": "polynomial", "terms": "pre*post"}}, r"rule.terms: expected a list"),
+    ],
+)
+def test_bad_values_name_the_field(sections, message):
+    with pytest.raises(ConfigError, match=message):
+        config.parse(small_config(**sections))
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"strategy": {"name": "cmaes"}}, r"^strategy.name: unknown strategy 'cmaes' \(did you mean 'cma_es'\?\)$"),
+        ({"strategy": {"name": "open_es", "population_size": 7}}, r"^strategy.population_size: open_es: .*even"),
+        ({"strategy": {"params": {"c_mena": 1}}}, r"^strategy.params.c_mena: .*'c_mean'"),
+        ({"rule": {"name": "polynomial", "terms": ["pre*post", "psot"]}}, r"^rule.terms: term 'psot': unknown signal"),
+        ({"rule": {"name": "polynomial", "terms": ["pre*post", "post*pre"]}}, r"^rule.terms: .*twice"),
+    ],
+)
+def test_build_errors_name_the_field(sections, message):
+    with pytest.raises(ConfigError, match=message):
+        build(config.parse(small_config(**sections)))
+
+
+def test_fixed_rule_cannot_be_evolved():
+    data = small_config()
+    data["rule"] = {"name": "oja"}
+    with pytest.raises(ConfigError, match=r"^rule.name: 'oja' is a fixed rule"):
+        build(config.parse(data))
+
+
+def test_overrides():
+    data = small_config()
+    config.set_override(data, "strategy.population_size=32")
+    config.set_override(data, "test.variants={x5: {dim: 20}}")
+    config.set_override(data, "rule.terms=[pre*post, w]")
+    cfg = config.parse(data)
+    assert cfg.strategy.population_size == 32
+    assert cfg.test.variants == {"x5": {"dim": 20}}
+    assert cfg.rule["terms"] == ("pre*post", "w")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        config.set_override(data, "population_size")
+    with pytest.raises(ConfigError, match="generations is not a section"):
+        config.set_override(data, "generations.x=1")
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        config.load(bad)
