@@ -69,8 +69,13 @@ class _Bar(_Plain):
     """A rich progress bar: generation, best and mean loss, evaluations/s, ETA."""
 
     def start(self, total, initial):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        from rich.progress import TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("gen"),
@@ -85,8 +90,7 @@ class _Bar(_Plain):
 
     def update(self, r):
         stats = (
-            f"best {r['best_loss']:.4g} mean {r['mean_loss']:.4g} "
-            f"{r['evals_per_s']:,.0f} evals/s"
+            f"best {r['best_loss']:.4g} mean {r['mean_loss']:.4g} {r['evals_per_s']:,.0f} evals/s"
         )
         if r.get("nonfinite"):
             stats += f" nonfinite {r['nonfinite']}"
@@ -151,11 +155,13 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
 
 
 def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
-    from .trainer import Interrupted, finalize, train
+    from .trainer import Interrupted, ResumeError, finalize, read_metrics, train
 
     _sigterm_as_interrupt()
     try:
         result = train(exp, run_dir, reporter=_reporter(quiet), resume=resume)
+    except ResumeError as err:
+        _fail(str(err))
     except Interrupted as stop:
         click.echo(
             f"\ninterrupted after generation {stop.generation}; checkpoint saved."
@@ -163,9 +169,15 @@ def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
-    from .trainer import read_metrics
-
-    summary = finalize(exp, run_dir, result.genome, read_metrics(run_dir))
+    try:
+        summary = finalize(exp, run_dir, result.genome, read_metrics(run_dir))
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted during the final evaluation; training is complete and saved."
+            f" Finish with: evoplastic resume {run_dir}",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
     if not quiet:
         _print_summary(summary, run_dir)
     return summary
@@ -224,10 +236,9 @@ def resume(run_dir, quiet):
     from .checkpoint import list_checkpoints
 
     exp = _build(_run_dir_config(run_dir))
-    has_ckpt = bool(list_checkpoints(run_dir / "checkpoints"))
-    if not has_ckpt:
-        click.echo("warning: no checkpoint yet; starting from generation 0", err=True)
-    _train_and_finish(exp, run_dir, resume=has_ckpt, quiet=quiet)
+    if not list_checkpoints(run_dir / "checkpoints"):
+        click.echo("warning: no checkpoint yet; starting again from generation 0", err=True)
+    _train_and_finish(exp, run_dir, resume=True, quiet=quiet)
 
 
 def _run_genome(run_dir: Path):
@@ -280,14 +291,20 @@ def eval_(run_dir, overrides, instances, as_json):
     exp = _build(cfg)
     genome = _run_genome(run_dir)
     results = evaluate_final(exp, genome, instances)["trained"]
+    task = dict(item.split("=", 1) for item in task_over)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        from .trainer import _json_safe
+
+        report = {"run_dir": str(run_dir), "instances": instances, "task_overrides": task}
+        click.echo(json.dumps(_json_safe(report | {"rules": results}), indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
     metrics = list(next(iter(results.values())))
-    table = Table(title=f"{run_dir} on {instances} held-out instances")
+    changed = ", ".join(f"{k}={v}" for k, v in task.items())
+    title = f"{run_dir} on {instances} held-out instances" + (f" ({changed})" if changed else "")
+    table = Table(title=title)
     table.add_column("rule")
     for m in metrics:
         table.add_column(f"{m} mean ± 95%")
@@ -297,7 +314,7 @@ def eval_(run_dir, overrides, instances, as_json):
         row = [name]
         for m in metrics:
             s = res[m]
-            row += [f"{s['mean']:.4f} ± {s['ci95']:.4f}", f"{s['median']:.4f}"]
+            row += [f"{s['mean']:.4g} ± {s['ci95']:.2g}", f"{s['median']:.4g}"]
         row.append(str(res["loss"]["nonfinite"]))
         table.add_row(*row)
     Console(width=160).print(table)
@@ -307,15 +324,15 @@ def eval_(run_dir, overrides, instances, as_json):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def plot(run_dir):
     """Redraw a run's learning curve and rule plot."""
-    from .analysis import plots
-    from .trainer import read_metrics
+    from .analysis import rule_summary
+    from .trainer import draw_plots, read_metrics
 
-    _run_dir_config(run_dir)
+    exp = _build(_run_dir_config(run_dir))
     records = read_metrics(run_dir)
     if not records:
         _fail(f"{str(run_dir)!r} has no metrics yet")
-    out = plots.learning_curve(records, run_dir / "learning_curve.png")
-    click.echo(f"wrote {out}")
+    draw_plots(exp, run_dir, records, rule_summary(exp.rule, _run_genome(run_dir)))
+    click.echo(f"wrote plots to {run_dir}")
 
 
 @cli.command(name="list")

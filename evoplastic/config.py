@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import meta, rules, tasks
+from . import rules, tasks
 from .networks import ACTIVATIONS
 
 
@@ -257,7 +257,9 @@ def set_override(data: dict, assignment: str) -> dict:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ConfigError(
+                f"override {assignment!r}: {'.'.join(parts[: i + 1])} is not a section"
+            )
         node = child
     node[parts[-1]] = value
     return data

@@ -1,6 +1,7 @@
 """The generation loop: ask, evaluate, tell; then log, test and checkpoint.
 
-The trainer is the only library module that writes files. A run directory holds::
+The trainer (with the checkpoint and plot helpers it calls) is the only library code
+that writes files. A run directory holds::
 
     config.yaml        the resolved config
     metrics.jsonl      one line per generation
@@ -18,6 +19,7 @@ metrics as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +36,10 @@ from .experiment import Experiment
 from .tasks import test_instance_keys
 
 TIMING_FIELDS = ("time_s", "evals_per_s")
+
+
+class ResumeError(RuntimeError):
+    """A run directory that cannot be resumed as it stands."""
 
 
 class Interrupted(Exception):
@@ -64,9 +70,17 @@ class Reporter:
     def warn(self, message: str) -> None: ...
 
 
-def _scalar(x) -> float | int:
+def _scalar(x) -> float | int | None:
+    """A JSON-safe scalar: non-finite floats become ``None`` (JSON has no NaN)."""
     x = np.asarray(x)
-    return int(x) if np.issubdtype(x.dtype, np.integer) else float(x)
+    if np.issubdtype(x.dtype, np.integer):
+        return int(x)
+    return float(x) if np.isfinite(x) else None
+
+
+def config_digest(cfg) -> str:
+    """A short hash of the resolved config; checkpoints record it, resume checks it."""
+    return hashlib.sha256(dump(cfg).encode()).hexdigest()[:16]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -101,11 +115,12 @@ def test_summary(evaluator, genome, instances: int) -> dict[str, float]:
     loss = np.asarray(loss)
     finite = np.isfinite(loss)
     out = {
-        "test_loss": float(np.mean(loss[finite])) if finite.any() else float("nan"),
+        "test_loss": _scalar(np.mean(loss[finite])) if finite.any() else None,
         "test_nonfinite": int((~finite).sum()),
     }
     for name, values in metrics.items():
-        out[f"test_{name}"] = float(np.median(np.asarray(values)))
+        values = np.asarray(values)[finite]
+        out[f"test_{name}"] = _scalar(np.median(values)) if values.size else None
     return out
 
 
@@ -131,12 +146,13 @@ def train(
       exp: the built experiment.
       run_dir: a directory made by :func:`prepare_run_dir` (or an earlier run to resume).
       reporter: progress callbacks.
-      resume: continue from the newest intact checkpoint.
+      resume: continue from the newest intact checkpoint (from generation 0 if none).
       stop_after: stop (with a checkpoint) after this generation; for tests and budgets.
       on_generation: called with the number of finished generations (after the log line).
 
     Raises:
       Interrupted: on KeyboardInterrupt, after saving a checkpoint.
+      ResumeError: if ``config.yaml`` changed since the checkpoints were written.
     """
     cfg = exp.config
     reporter = reporter or Reporter()
@@ -145,14 +161,19 @@ def train(
     run_key = jax.random.PRNGKey(cfg.seed)
     state = exp.init_state(run_key)
     start = 0
-    if resume:
+    digest = config_digest(cfg)
+    if resume and checkpoint.list_checkpoints(ckpt_dir):
         payload = checkpoint.load_latest(ckpt_dir, warn=reporter.warn)
+        if payload.get("config_digest") != digest:
+            raise ResumeError(
+                f"{run_dir / 'config.yaml'} differs from the config the checkpoints were"
+                " written with; restore it or start a new run"
+            )
         treedef = jax.tree.structure(state)
         state = jax.tree.unflatten(treedef, [jax.numpy.asarray(x) for x in payload["state"]])
         start = int(payload["generation"])
-        records = _truncate_metrics(run_dir, start)
-    else:
-        records = []
+    # drop metric lines newer than the state we continue from (all of them without one)
+    records = _truncate_metrics(run_dir, start) if resume else []
     step = exp.generation_step()
     evaluator = make_genome_evaluator(exp.family, exp.rule)
     evals_per_gen = cfg.strategy.population_size * cfg.evaluation.instances
@@ -165,6 +186,7 @@ def train(
             {
                 "generation": generation,
                 "seed": cfg.seed,
+                "config_digest": digest,
                 "state": _state_leaves(st),
                 "genome": jax.tree.map(np.asarray, exp.mean_genome(st)),
             },
@@ -212,25 +234,47 @@ def latest_genome(run_dir: Path, warn=None):
     return checkpoint.load_latest(Path(run_dir) / "checkpoints", warn=warn)["genome"]
 
 
+def write_json(path: Path, data) -> None:
+    """Atomically write ``data`` as JSON (non-finite numbers become ``null``)."""
+    text = json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
+    checkpoint.atomic_write(Path(path), text.encode())
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def draw_plots(exp: Experiment, run_dir: Path, records: list[dict], rule: dict) -> None:
+    """``learning_curve.png`` and, for rules over a library with Oja's terms, the rule plot."""
+    from . import rules
+    from .analysis import plots
+
+    plots.learning_curve(records, Path(run_dir) / "learning_curve.png", title=exp.config.name)
+    if rule.get("cosine_to_oja") is not None:
+        plots.rule_vs_reference(
+            exp.rule.terms,
+            rule["normalized"],
+            rules.reference_genome("oja", exp.rule.terms),
+            Path(run_dir) / "rule_vs_reference.png",
+        )
+
+
 def finalize(exp: Experiment, run_dir: Path, genome, records: list[dict]) -> dict:
     """Write ``best_rule.json``, ``eval.json`` and the plots; return the summary."""
-    from . import rules
     from .analysis import evaluate_final, rule_summary
-    from .analysis import plots
 
     run_dir = Path(run_dir)
     summary = rule_summary(exp.rule, genome)
     genome_list = jax.tree.map(lambda x: np.asarray(x).tolist(), genome)
-    best = summary | {"genome": genome_list, "generations": len(records)}
-    checkpoint.atomic_write(run_dir / "best_rule.json", (json.dumps(best, indent=2) + "\n").encode())
+    best = summary | {"genome": genome_list, "generations": exp.config.generations}
     results = evaluate_final(exp, genome, exp.config.test.final_instances)
-    checkpoint.atomic_write(run_dir / "eval.json", (json.dumps(results, indent=2) + "\n").encode())
-    plots.learning_curve(records, run_dir / "learning_curve.png", title=exp.config.name)
-    if summary.get("cosine_to_oja") is not None:
-        plots.rule_vs_reference(
-            exp.rule.terms,
-            summary["normalized"],
-            rules.reference_genome("oja", exp.rule.terms),
-            run_dir / "rule_vs_reference.png",
-        )
+    write_json(run_dir / "best_rule.json", best)
+    write_json(run_dir / "eval.json", results)
+    draw_plots(exp, run_dir, records, best)
     return {"rule": best, "eval": results}

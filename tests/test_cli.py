@@ -30,7 +30,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("cfg, extra, message", BAD)
-def test_bad_input_is_one_line_exit_2_nothing_written(cfg, extra, message, write_config, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    cfg, extra, message, write_config, tmp_path, capsys
+):
     path = write_config(small_config(**cfg))
     out_dir = tmp_path / "run"
     code, out, err = _call(["run", str(path), *extra, "--out", str(out_dir)], capsys)
@@ -58,9 +60,13 @@ def test_missing_file_and_existing_run_dir(write_config, tmp_path, capsys):
 
 
 def test_subprocess_error_has_no_traceback(write_config, tmp_path):
-    proc = run_cli("run", write_config(small_config(strategy={"name": "snes", "population_size": -2})))
+    proc = run_cli(
+        "run", write_config(small_config(strategy={"name": "snes", "population_size": -2}))
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: strategy.population_size: must be > 0, got -2"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: strategy.population_size: must be > 0, got -2"
+    ]
 
 
 def test_list_names_every_strategy(capsys):
@@ -95,7 +101,9 @@ def test_run_eval_plot_end_to_end(write_config, tmp_path):
     ]
     proc = run_cli("eval", run_dir, "--instances", "12", "--json", "dim=6")
     assert proc.returncode == 0, proc.stderr
-    res = json.loads(proc.stdout)
+    report = json.loads(proc.stdout)
+    assert report["task_overrides"] == {"task.dim": "6"} and report["instances"] == 12
+    res = report["rules"]
     assert set(res) == {"evolved", "oja", "hebb"}
     assert res["evolved"]["alignment"]["n"] == 12
     assert res["oja"]["alignment"]["median"] > 0.9  # Oja's rule does PCA at dim 6 as well

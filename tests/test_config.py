@@ -17,14 +17,20 @@ def test_defaults_fill_in_and_round_trip():
     "sections, message",
     [
         ({"generatons": 3}, r"^generatons: unknown key \(did you mean 'generations'\?\)$"),
-        ({"strategy": {"populaton_size": 3}}, r"strategy.populaton_size: unknown key.*population_size"),
+        (
+            {"strategy": {"populaton_size": 3}},
+            r"strategy.populaton_size: unknown key.*population_size",
+        ),
         ({"task": {"name": "pca", "dimm": 3}}, r"task.dimm: unknown key.*'dim'"),
         ({"generations": "ten"}, r"^generations: expected an integer, got 'ten'$"),
         ({"generations": 2.5}, r"^generations: expected an integer"),
         ({"generations": 0}, r"^generations: must be > 0, got 0$"),
         ({"strategy": {"population_size": -4}}, r"^strategy.population_size: must be > 0"),
         ({"strategy": {"std_init": 0}}, r"^strategy.std_init: must be > 0"),
-        ({"evaluation": {"common_instances": "yes"}}, r"evaluation.common_instances: expected true or false"),
+        (
+            {"evaluation": {"common_instances": "yes"}},
+            r"evaluation.common_instances: expected true or false",
+        ),
         ({"task": {"name": "pcaa"}}, r"^task.name: unknown task 'pcaa' \(did you mean 'pca'\?\)$"),
         ({"task": {"name": "pca", "dim": 0}}, r"^task.dim: must be > 0"),
         ({"rule": {"name": "polynomal"}}, r"rule.name: unknown rule.*'polynomial'"),
@@ -43,11 +49,23 @@ def test_bad_values_name_the_field(sections, message):
 @pytest.mark.parametrize(
     "sections, message",
     [
-        ({"strategy": {"name": "cmaes"}}, r"^strategy.name: unknown strategy 'cmaes' \(did you mean 'cma_es'\?\)$"),
-        ({"strategy": {"name": "open_es", "population_size": 7}}, r"^strategy.population_size: open_es: .*even"),
+        (
+            {"strategy": {"name": "cmaes"}},
+            r"^strategy.name: unknown strategy 'cmaes' \(did you mean 'cma_es'\?\)$",
+        ),
+        (
+            {"strategy": {"name": "open_es", "population_size": 7}},
+            r"^strategy.population_size: open_es: .*even",
+        ),
         ({"strategy": {"params": {"c_mena": 1}}}, r"^strategy.params.c_mena: .*'c_mean'"),
-        ({"rule": {"name": "polynomial", "terms": ["pre*post", "psot"]}}, r"^rule.terms: term 'psot': unknown signal"),
-        ({"rule": {"name": "polynomial", "terms": ["pre*post", "post*pre"]}}, r"^rule.terms: .*twice"),
+        (
+            {"rule": {"name": "polynomial", "terms": ["pre*post", "psot"]}},
+            r"^rule.terms: term 'psot': unknown signal",
+        ),
+        (
+            {"rule": {"name": "polynomial", "terms": ["pre*post", "post*pre"]}},
+            r"^rule.terms: .*twice",
+        ),
     ],
 )
 def test_build_errors_name_the_field(sections, message):

@@ -25,7 +25,7 @@ def _check(summary):
 
 
 def test_default_experiment_rediscovers_oja(tmp_path):
-    """`make run`'s experiment: cosine >= 0.95 to Oja; median |cos(w, PC1)| >= 0.99 at 8 and 40 dims."""
+    """`make run`'s config: cosine >= 0.95 to Oja; median |cos(w, PC1)| >= 0.99 at 8 and 40."""
     _check(_run(tmp_path))
 
 

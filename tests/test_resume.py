@@ -88,3 +88,28 @@ def test_resume_is_exact(reference, tmp_path, sig):
     assert json.loads((run_dir / "eval.json").read_text()) == json.loads(
         (ref_dir / "eval.json").read_text()
     )
+
+
+def test_resume_without_checkpoint_restarts_cleanly(write_config, tmp_path):
+    """Killed before its first checkpoint: resume starts over without duplicate metrics."""
+    cfg = small_config(generations=6, checkpoint={"every": 100})
+    run_dir = tmp_path / "run"
+    assert run_cli("run", write_config(cfg), "--out", run_dir, "--quiet").returncode == 0
+    for p in (run_dir / "checkpoints").iterdir():
+        p.unlink()
+    (run_dir / "best_rule.json").unlink()
+    proc = run_cli("resume", run_dir, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "starting again from generation 0" in proc.stderr
+    assert [r["generation"] for r in _metrics(run_dir)] == list(range(6))
+
+
+def test_resume_refuses_an_edited_config(write_config, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = small_config(generations=4)
+    assert run_cli("run", write_config(cfg), "--out", run_dir, "--quiet").returncode == 0
+    text = (run_dir / "config.yaml").read_text().replace("seed: 0", "seed: 1")
+    (run_dir / "config.yaml").write_text(text)
+    proc = run_cli("resume", run_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and "differs from the config" in proc.stderr

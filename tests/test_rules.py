@@ -27,7 +27,10 @@ def test_polynomial_matches_formula():
     c = jnp.array([0.7, -1.3, 0.2, 0.05])
     dw = rule.update(c, Signals(pre=pre, post=post, w=w))
     expected = (
-        0.7 * jnp.outer(post, pre) - 1.3 * (post**2)[:, None] * w + 0.2 * w + 0.05 * jnp.ones_like(w)
+        0.7 * jnp.outer(post, pre)
+        - 1.3 * (post**2)[:, None] * w
+        + 0.2 * w
+        + 0.05 * jnp.ones_like(w)
     )
     np.testing.assert_allclose(dw, expected, rtol=1e-5, atol=1e-6)
 
@@ -96,7 +99,9 @@ def test_locality_check_catches_a_nonlocal_rule():
         return jnp.outer(sig.post, sig.pre) - sig.w.sum(axis=1, keepdims=True)
 
     bad = rules.Rule("bad", lambda k: jnp.zeros(1), update, str)
-    sig = Signals(pre=jnp.ones(3), post=jnp.ones(2), w=jnp.ones((2, 3)), err=jnp.zeros(2), mod=jnp.ones(()))
+    sig = Signals(
+        pre=jnp.ones(3), post=jnp.ones(2), w=jnp.ones((2, 3)), err=jnp.zeros(2), mod=jnp.ones(())
+    )
     _, _, d_w, _ = _jacobians(bad, None, sig)
     mask_w = np.einsum("ik,jl->ijkl", np.eye(2), np.eye(3))
     assert np.any(np.asarray(d_w)[mask_w == 0] != 0)

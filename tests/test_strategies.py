@@ -63,7 +63,9 @@ def test_hyperparameters_reach_the_strategy():
     assert float(p.c_mean) == pytest.approx(0.5)
     state = es.init(jax.random.PRNGKey(0), jnp.zeros(2), p)
     assert float(state.std) == pytest.approx(0.7)
-    es, p = meta.make("open_es", 8, jnp.zeros(2), std_init=0.2, options={"use_antithetic_sampling": False})
+    es, p = meta.make(
+        "open_es", 8, jnp.zeros(2), std_init=0.2, options={"use_antithetic_sampling": False}
+    )
     assert es.use_antithetic_sampling is False
     state = es.init(jax.random.PRNGKey(0), jnp.zeros(2), p)
     assert float(state.std) == pytest.approx(0.2)

@@ -38,16 +38,24 @@ def task_fitness(family, rule, instances: int) -> FitnessFn:
     return fitness
 
 
-def member_keys(eval_key: jax.Array, population_size: int, common_instances: bool) -> jax.Array:
-    """The key each member's fitness sees; a function of the member index only."""
-    idx = jnp.arange(population_size)
+def member_keys(eval_key: jax.Array, indices: jax.Array) -> jax.Array:
+    """The key of each member, ``fold_in(eval_key, i)``: a function of its index only."""
+    return jax.vmap(lambda i: jax.random.fold_in(eval_key, i))(indices)
+
+
+def evaluate_population(
+    fitness: FitnessFn, population, eval_key: jax.Array, common_instances: bool, offset=0
+) -> jax.Array:
+    """``fitness`` of members ``offset, offset + 1, ...`` of a generation, shape ``[n]``.
+
+    With ``common_instances`` every member sees ``eval_key`` itself; the key is not
+    batched, so each task instance is sampled once and shared by the whole population
+    rather than re-drawn per member.
+    """
     if common_instances:
-        return jnp.broadcast_to(eval_key, (population_size, *eval_key.shape))
-    return jax.vmap(lambda i: jax.random.fold_in(eval_key, i))(idx)
-
-
-def evaluate_population(fitness: FitnessFn, population, keys: jax.Array) -> jax.Array:
-    """``fitness`` of every member (vmapped), shape ``[P]``."""
+        return jax.vmap(fitness, in_axes=(0, None))(population, eval_key)
+    n = jax.tree.leaves(population)[0].shape[0]
+    keys = member_keys(eval_key, offset + jnp.arange(n))
     return jax.vmap(fitness)(population, keys)
 
 
@@ -67,14 +75,12 @@ def generation_keys(run_key: jax.Array, generation) -> tuple[jax.Array, jax.Arra
 
 def make_generation_step(strategy, es_params, fitness: FitnessFn, common_instances: bool = True):
     """Compile ``step(state, run_key, generation) -> (state, metrics)`` once for a run."""
-    population_size = strategy.population_size
 
     @jax.jit
     def step(state, run_key, generation):
         k_ask, k_eval, k_tell = generation_keys(run_key, generation)
         population, state = strategy.ask(k_ask, state, es_params)
-        keys = member_keys(k_eval, population_size, common_instances)
-        raw = evaluate_population(fitness, population, keys)
+        raw = evaluate_population(fitness, population, k_eval, common_instances)
         fit, nonfinite = sanitize(raw)
         state, _ = strategy.tell(k_tell, population, fit, state, es_params)
         finite = jnp.isfinite(raw)

@@ -103,14 +103,17 @@ def make(
       StrategyError: naming the config field at fault.
     """
     if name not in STRATEGIES:
-        raise StrategyError("strategy.name", f"unknown strategy {name!r}{_suggest(name, STRATEGIES)}")
+        raise StrategyError(
+            "strategy.name", f"unknown strategy {name!r}{_suggest(name, STRATEGIES)}"
+        )
     cls = _ALGORITHMS[STRATEGIES[name]]
     accepted = inspect.signature(cls.__init__).parameters
     kwargs: dict[str, Any] = {}
     for key, value in (options or {}).items():
         if key not in accepted or key in ("population_size", "solution"):
             raise StrategyError(
-                f"strategy.options.{key}", f"{name} takes no option {key!r}{_suggest(key, accepted)}"
+                f"strategy.options.{key}",
+                f"{name} takes no option {key!r}{_suggest(key, accepted)}",
             )
         kwargs[key] = value
     if "optimizer" in accepted:

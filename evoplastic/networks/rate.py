@@ -77,7 +77,7 @@ class RateNetwork:
     def run(
         self, state: RateState, xs: jax.Array, rule: Rule, genome: Genome
     ) -> tuple[RateState, jax.Array]:
-        """Step over a stream ``xs[T, n_in]``; returns the final state and outputs ``[T, n_out]``."""
+        """Step over ``xs[T, n_in]``; returns the final state and the outputs ``[T, n_out]``."""
 
         def body(s, x):
             return self.step(s, x, rule, genome)

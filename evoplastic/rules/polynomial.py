@@ -104,17 +104,16 @@ def format_equation(coefs, terms: tuple[str, ...], normalize: bool = True) -> st
     return "dw = " + text
 
 
-def _evaluate_terms(parsed, signals: Signals) -> jax.Array:
-    """Stack of every term's value, shape ``[K, n_out, n_in]``."""
+def _weighted_terms(coefs, parsed, signals: Signals) -> jax.Array:
+    """``sum_k coefs[k] * term_k`` as one elementwise expression (XLA fuses it into a loop)."""
     local = signals.broadcast()
-    shape = signals.w.shape
-    values = []
-    for factors in parsed:
-        value = jnp.ones(shape, signals.w.dtype)
+    total = jnp.zeros(signals.w.shape, signals.w.dtype)
+    for k, factors in enumerate(parsed):
+        value = coefs[k]
         for name, power in factors:
             value = value * local[name] ** power
-        values.append(jnp.broadcast_to(value, shape))
-    return jnp.stack(values)
+        total = total + value
+    return total
 
 
 def polynomial(terms: tuple[str, ...] = DEFAULT_TERMS, init_scale: float = 0.0) -> Rule:
@@ -134,7 +133,7 @@ def polynomial(terms: tuple[str, ...] = DEFAULT_TERMS, init_scale: float = 0.0) 
         return init_scale * jax.random.normal(key, (len(terms),))
 
     def update(genome: Genome, signals: Signals) -> jax.Array:
-        return jnp.tensordot(genome, _evaluate_terms(parsed, signals), axes=1)
+        return _weighted_terms(genome, parsed, signals)
 
     return Rule("polynomial", init, update, lambda g: format_equation(g, terms), terms)
 
@@ -146,7 +145,7 @@ def _fixed(name: str) -> Rule:
 
     def update(genome: Genome, signals: Signals) -> jax.Array:
         del genome
-        return jnp.tensordot(coefs, _evaluate_terms(parsed, signals), axes=1)
+        return _weighted_terms(coefs, parsed, signals)
 
     return Rule(name, lambda key: jnp.zeros((0,)), update, lambda g: format_equation(coefs, terms))
 

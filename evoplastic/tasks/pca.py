@@ -58,7 +58,9 @@ class PCAFamily:
 
     def __post_init__(self):
         if self.dim < 2 or self.steps < 1:
-            raise ValueError(f"task.dim must be >= 2 and task.steps >= 1, got {self.dim}, {self.steps}")
+            raise ValueError(
+                f"task.dim must be >= 2 and task.steps >= 1, got {self.dim}, {self.steps}"
+            )
         if not 0.0 <= self.noise_eig_max < 1.0:
             raise ValueError(f"task.noise_eig_max: must be in [0, 1), got {self.noise_eig_max}")
         if not 0.0 < self.scale_min <= self.scale_max:
