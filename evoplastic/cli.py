@@ -147,9 +147,11 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         for metric, s in evolved.items():
             if metric == "loss":
                 continue
-            ref = by_rule.get("oja", {}).get(metric, {}).get("median")
-            extra = f" (Oja's rule: {ref:.4f})" if ref is not None else ""
-            parts.append(f"median {metric} {s['median']:.4f}{extra}")
+            ref = by_rule.get("oja", {}).get(metric, {})
+            extra = f" (Oja's rule: {ref['median']:.4g})" if ref else ""
+            parts.append(
+                f"{metric} mean {s['mean']:.4g} ± {s['ci95']:.2g}, median {s['median']:.4g}{extra}"
+            )
         click.echo(f"held-out [{variant}, {n} instances]: " + "; ".join(parts))
     click.echo(f"run directory: {run_dir}")
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from . import rules, tasks
-from .networks import ACTIVATIONS
+from .networks import ACTIVATIONS, FEEDBACK
 
 
 class ConfigError(ValueError):
@@ -102,19 +102,19 @@ def _from_dict(cls, data: Any, path: str):
     return cls(**kwargs)
 
 
-def _kwargs_of(factory, data: dict, path: str, skip=("network",)) -> dict:
-    """Validate free-form parameters against a factory's keyword arguments and defaults."""
+SET_BY_TASK = ("network", "shapes")  # filled in by the task, never by a config
+
+
+def _kwargs_of(factory, data: dict, path: str, skip=SET_BY_TASK) -> dict:
+    """Validate free-form parameters against a factory's keyword arguments and annotations."""
     sig = inspect.signature(factory)
+    hints = typing.get_type_hints(factory)
     params = {n: p for n, p in sig.parameters.items() if n not in skip}
     out = {}
     for key, value in data.items():
         if key not in params:
             raise ConfigError(f"{path}.{key}: unknown key{_suggest(key, params)}")
-        default = params[key].default
-        tp = type(default) if default is not inspect.Parameter.empty else Any
-        if tp is tuple:
-            tp = tuple[str, ...]
-        out[key] = _check_value(f"{path}.{key}", value, tp)
+        out[key] = _check_value(f"{path}.{key}", value, hints.get(key, Any))
     return out
 
 
@@ -125,10 +125,17 @@ def _positive(path: str, value, strict: bool = True):
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
+    """Options of the plastic network; each task family uses those that apply to it."""
+
     lr: float = 0.1
     lr_decay: float = 0.02
     activation: str = "linear"
-    w_init_norm: float = 0.5
+    w_init_norm: float = 0.5  # rate (single-layer) networks
+    hidden: tuple[int, ...] = (32,)  # layered networks
+    output_activation: str = "tanh"
+    w_init_std: float = 1.0
+    w_clip: float = 0.0
+    feedback: str = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,12 +188,19 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _defaults(factory, skip=("network",)) -> dict:
-    return {
-        n: p.default
-        for n, p in inspect.signature(factory).parameters.items()
-        if n not in skip and p.default is not inspect.Parameter.empty
-    }
+def _defaults(factory, skip=SET_BY_TASK) -> dict:
+    out = {}
+    for n, p in inspect.signature(factory).parameters.items():
+        if n in skip or p.default is inspect.Parameter.empty:
+            continue
+        default = p.default
+        if isinstance(default, dataclasses.Field) or default is dataclasses.MISSING:
+            continue
+        out[n] = default
+    for f in dataclasses.fields(factory) if dataclasses.is_dataclass(factory) else ():
+        if f.name not in skip and f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def _named(section: dict, path: str, registry: dict) -> tuple[str, dict]:
@@ -215,10 +229,20 @@ def parse(data: Any) -> Config:
     for field in ("lr", "w_init_norm"):
         _positive(f"network.{field}", getattr(cfg.network, field))
     _positive("network.lr_decay", cfg.network.lr_decay, strict=False)
-    if cfg.network.activation not in ACTIVATIONS:
+    for field in ("activation", "output_activation"):
+        value = getattr(cfg.network, field)
+        if value not in ACTIVATIONS:
+            raise ConfigError(
+                f"network.{field}: unknown activation {value!r}"
+                f"{_suggest(value, ACTIVATIONS)} (one of {', '.join(ACTIVATIONS)})"
+            )
+    if cfg.network.feedback not in FEEDBACK:
         raise ConfigError(
-            f"network.activation: unknown activation {cfg.network.activation!r}"
-            f"{_suggest(cfg.network.activation, ACTIVATIONS)} (one of {', '.join(ACTIVATIONS)})"
+            f"network.feedback: unknown pathway {cfg.network.feedback!r} (one of {', '.join(FEEDBACK)})"
+        )
+    if any(h <= 0 for h in cfg.network.hidden):
+        raise ConfigError(
+            f"network.hidden: layer sizes must be > 0, got {list(cfg.network.hidden)}"
         )
     _positive("strategy.population_size", cfg.strategy.population_size)
     _positive("strategy.std_init", cfg.strategy.std_init)

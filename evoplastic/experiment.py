@@ -8,6 +8,7 @@ to evolve.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import jax
@@ -58,7 +59,21 @@ class Experiment:
 
 def build(cfg: Config) -> Experiment:
     """Build rule, task family and strategy; raises :class:`ConfigError` on bad input."""
+    task_params = {k: v for k, v in cfg.task.items() if k != "name"}
+    try:
+        family = tasks.make(
+            cfg.task["name"], network=dataclasses.asdict(cfg.network), **task_params
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
     rule_params = {k: v for k, v in cfg.rule.items() if k != "name"}
+    if "shapes" in inspect.signature(rules.RULES[cfg.rule["name"]]).parameters:
+        shapes = getattr(family.network, "shapes", None)
+        if shapes is None:
+            raise ConfigError(
+                f"rule.name: {cfg.rule['name']!r} needs a layered network (task {cfg.task['name']!r})"
+            )
+        rule_params["shapes"] = shapes
     try:
         rule = rules.make(cfg.rule["name"], **rule_params)
     except rules.TermError as err:
@@ -71,13 +86,6 @@ def build(cfg: Config) -> Experiment:
         )
     if rule.terms and len(set(map(rules.canonical, rule.terms))) != len(rule.terms):
         raise ConfigError("rule.terms: the term library lists a term twice")
-    task_params = {k: v for k, v in cfg.task.items() if k != "name"}
-    try:
-        family = tasks.make(
-            cfg.task["name"], network=dataclasses.asdict(cfg.network), **task_params
-        )
-    except (TypeError, ValueError) as err:
-        raise ConfigError(str(err)) from None
     try:
         strategy, es_params = meta.make(
             cfg.strategy.name,

@@ -26,7 +26,8 @@ def learning_curve(records: list[dict], path: Path, title: str = "") -> Path:
             "o-",
             label="rule mean (meta-test)",
         )
-    ax.set_yscale("log")
+    finite = [v for r in records for k in ("best_loss", "mean_loss") if (v := r.get(k)) is not None]
+    ax.set_yscale("log" if finite and min(finite) > 0 else "symlog")
     ax.set_xlabel("generation")
     ax.set_ylabel("loss")
     ax.set_title(title or "learning curve")

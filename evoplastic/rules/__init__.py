@@ -1,6 +1,7 @@
 """Plasticity rules: pure ``init``/``update`` pairs, and a registry to make them by name."""
 
 from .base import SIGNAL_NAMES, Rule, Signals
+from .hebbian import COEFFICIENTS, abcd, static
 from .polynomial import (
     DEFAULT_TERMS,
     REFERENCE_RULES,
@@ -14,7 +15,7 @@ from .polynomial import (
     reference_genome,
 )
 
-RULES = {"polynomial": polynomial, "hebb": hebb, "oja": oja}
+RULES = {"polynomial": polynomial, "abcd": abcd, "static": static, "hebb": hebb, "oja": oja}
 
 
 def make(name: str, **kwargs) -> Rule:
@@ -23,6 +24,9 @@ def make(name: str, **kwargs) -> Rule:
 
 
 __all__ = [
+    "COEFFICIENTS",
+    "abcd",
+    "static",
     "DEFAULT_TERMS",
     "REFERENCE_RULES",
     "RULES",

@@ -69,6 +69,10 @@ class Rule:
       update: the weight change for every synapse of a layer.
       describe: a readable form of a genome (an equation for polynomial rules).
       terms: for rules that are weighted sums of local terms, the term library.
+      select: the part of the genome that layer ``l`` of a network uses; the default
+        shares one genome across layers, per-layer rules return ``genome[l]``.
+      weights: for rules that fix the weights instead of changing them (the static
+        baseline), the network weights a genome encodes; ``None`` otherwise.
     """
 
     name: str
@@ -76,6 +80,8 @@ class Rule:
     update: Callable[[Genome, Signals], jax.Array]
     describe: Callable[[Genome], str]
     terms: tuple[str, ...] = ()
+    select: Callable[[Genome, int], Genome] = lambda genome, layer: genome
+    weights: Callable[[Genome], tuple] | None = None
 
     def num_params(self) -> int:
         """Number of evolvable numbers in this rule's genome."""

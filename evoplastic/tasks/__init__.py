@@ -1,9 +1,10 @@
 """Task families: what a plastic network should learn, with disjoint meta-train/test splits."""
 
 from .base import SPLITS, TEST_SEED, TaskFamily, split_key, test_instance_keys
+from .control import ENVS, ControlFamily, ControlTask
 from .pca import PCAFamily, PCATask
 
-TASKS = {"pca": PCAFamily}
+TASKS = {"pca": PCAFamily, "control": ControlFamily}
 
 
 def make(name: str, network: dict | None = None, **params) -> TaskFamily:
@@ -12,6 +13,9 @@ def make(name: str, network: dict | None = None, **params) -> TaskFamily:
 
 
 __all__ = [
+    "ENVS",
+    "ControlFamily",
+    "ControlTask",
     "SPLITS",
     "TASKS",
     "TEST_SEED",

@@ -99,4 +99,6 @@ class PCAFamily:
     def create(cls, network: dict | None = None, **params) -> PCAFamily:
         """Make the family; ``network`` holds :class:`RateNetwork` options."""
         dim = params.get("dim", cls.dim)
-        return cls(network=RateNetwork(n_in=dim, n_out=1, **(network or {})), **params)
+        keep = {f.name for f in dataclasses.fields(RateNetwork)} - {"n_in", "n_out"}
+        opts = {k: v for k, v in (network or {}).items() if k in keep}
+        return cls(network=RateNetwork(n_in=dim, n_out=1, **opts), **params)

@@ -1,0 +1,77 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evoplastic import backends, build, config, rules, tasks
+from evoplastic.config import ConfigError
+
+
+def _family(**params):
+    net = {"hidden": (4,), "activation": "linear", "output_activation": "linear"}
+    return tasks.make("control", network=net, **params)
+
+
+def _pd_controller(fam):
+    """Static weights of a hand-made CartPole controller: push towards where the pole falls."""
+    w0 = np.zeros((4, 4), np.float32)
+    w0[0] = [0.05, 0.1, 1.0, 0.5]  # hidden 0 = a PD signal on angle and position
+    w1 = np.zeros((2, 4), np.float32)
+    w1[1, 0], w1[0, 0] = 1.0, -1.0  # right if the pole leans right
+    return (jnp.asarray(w0), jnp.asarray(w1))
+
+
+def test_cartpole_episode_returns_follow_the_controller():
+    fam = _family()
+    static = rules.static(shapes=fam.network.shapes)
+    good = backends.evaluate_genome(fam, static, _pd_controller(fam), 10)["return"]
+    assert np.mean(np.asarray(good)) > 450  # a PD controller balances (nearly) every episode
+    w0, w1 = _pd_controller(fam)
+    bad = (w0, -w1)  # pushes the way the pole falls
+    worst = backends.evaluate_genome(fam, static, bad, 10)["return"]
+    assert np.all(np.asarray(worst) < 50)
+    inverted = backends.evaluate_genome(_family(invert_at=100), static, _pd_controller(fam), 10)[
+        "return"
+    ]
+    assert np.all(np.asarray(inverted) < 200)  # fixed weights fail once sensors invert
+
+
+def test_env_params_change_the_physics():
+    fam = _family(env_params={"length": 1.0, "masspole": 0.2})
+    assert fam.params.length == 1.0
+    assert fam.params.polemass_length == pytest.approx(0.2)
+    assert fam.params.total_mass == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="task.env_params.lenght"):
+        _family(env_params={"lenght": 1.0})
+    with pytest.raises(ValueError, match="task.env: unknown environment"):
+        _family(env="CartPole-v0")
+
+
+def test_splits_differ():
+    fam = _family()
+    key = jax.random.PRNGKey(0)
+    a, b = fam.sample(key, "train"), fam.sample(key, "test")
+    assert not np.array_equal(a.reset_key, b.reset_key)
+
+
+@pytest.mark.parametrize("env", ["Acrobot-v1", "Pendulum-v1"])
+def test_other_environments_run(env):
+    cfg = config.parse(
+        {
+            "task": {"name": "control", "env": env, "max_steps": 50},
+            "network": {"hidden": [8]},
+            "rule": {"name": "abcd", "per_synapse": False},
+            "strategy": {"name": "open_es", "population_size": 4},
+            "evaluation": {"instances": 2},
+        }
+    )
+    exp = build(cfg)
+    ret = backends.evaluate_genome(exp.family, exp.rule, exp.rule.init(jax.random.PRNGKey(0)), 3)
+    r = np.asarray(ret["return"])
+    assert np.all(np.isfinite(r)) and np.all(r <= 0)  # both give negative rewards per step
+    assert np.all(r >= -50 * (16.3 if env == "Pendulum-v1" else 1.0))
+
+
+def test_rules_needing_shapes_need_a_layered_network():
+    with pytest.raises(ConfigError, match="needs a layered network"):
+        build(config.parse({"rule": {"name": "abcd"}}))
