@@ -238,7 +238,8 @@ def parse(data: Any) -> Config:
             )
     if cfg.network.feedback not in FEEDBACK:
         raise ConfigError(
-            f"network.feedback: unknown pathway {cfg.network.feedback!r} (one of {', '.join(FEEDBACK)})"
+            f"network.feedback: unknown pathway {cfg.network.feedback!r}"
+            f" (one of {', '.join(FEEDBACK)})"
         )
     if any(h <= 0 for h in cfg.network.hidden):
         raise ConfigError(

@@ -71,7 +71,8 @@ def build(cfg: Config) -> Experiment:
         shapes = getattr(family.network, "shapes", None)
         if shapes is None:
             raise ConfigError(
-                f"rule.name: {cfg.rule['name']!r} needs a layered network (task {cfg.task['name']!r})"
+                f"rule.name: {cfg.rule['name']!r} needs a layered network"
+                f" (task {cfg.task['name']!r} has none)"
             )
         rule_params["shapes"] = shapes
     try:
