@@ -79,6 +79,8 @@ def build(cfg: Config) -> Experiment:
         rule = rules.make(cfg.rule["name"], **rule_params)
     except rules.TermError as err:
         raise ConfigError(f"rule.terms: {err}") from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     template = rule.init(jax.random.PRNGKey(0))
     if rule.num_params() == 0:
         raise ConfigError(

@@ -105,3 +105,33 @@ def test_locality_check_catches_a_nonlocal_rule():
     _, _, d_w, _ = _jacobians(bad, None, sig)
     mask_w = np.einsum("ik,jl->ijkl", np.eye(2), np.eye(3))
     assert np.any(np.asarray(d_w)[mask_w == 0] != 0)
+
+
+def test_mlp_rule_is_local_and_evolvable():
+    rule = rules.mlp(features=("pre", "post", "w", "err", "mod"), hidden=(8,))
+    genome = rule.init(jax.random.PRNGKey(0))
+    assert rule.num_params() == 5 * 8 + 8 + 8 + 1
+    n_out, n_in = 3, 4
+    k = jax.random.split(jax.random.PRNGKey(1), 4)
+    sig = Signals(
+        pre=jax.random.normal(k[0], (n_in,)),
+        post=jax.random.normal(k[1], (n_out,)),
+        w=jax.random.normal(k[2], (n_out, n_in)),
+        err=jax.random.normal(k[3], (n_out,)),
+        mod=jnp.asarray(0.3),
+    )
+    d_pre, d_post, d_w, d_err = _jacobians(rule, genome, sig)
+    mask_pre = np.broadcast_to(np.eye(n_in)[None, :, :], (n_out, n_in, n_in))
+    mask_post = np.broadcast_to(np.eye(n_out)[:, None, :], (n_out, n_in, n_out))
+    mask_w = np.einsum("ik,jl->ijkl", np.eye(n_out), np.eye(n_in))
+    for jac, mask in ((d_pre, mask_pre), (d_post, mask_post), (d_w, mask_w), (d_err, mask_post)):
+        assert np.all(np.asarray(jac)[mask == 0] == 0.0)
+        assert np.any(np.asarray(jac)[mask == 1] != 0.0)
+    # one synapse's dw is the MLP applied to that synapse's features alone
+    one = rule.update(
+        genome,
+        Signals(pre=sig.pre[1:2], post=sig.post[2:3], w=sig.w[2:3, 1:2], err=sig.err[2:3], mod=sig.mod),
+    )
+    np.testing.assert_allclose(one[0, 0], rule.update(genome, sig)[2, 1], rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown signal 'trace'"):
+        rules.mlp(features=("pre", "trace"))

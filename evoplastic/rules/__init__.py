@@ -2,6 +2,7 @@
 
 from .base import SIGNAL_NAMES, Rule, Signals
 from .hebbian import COEFFICIENTS, abcd, static
+from .mlp import mlp
 from .polynomial import (
     DEFAULT_TERMS,
     REFERENCE_RULES,
@@ -15,7 +16,14 @@ from .polynomial import (
     reference_genome,
 )
 
-RULES = {"polynomial": polynomial, "abcd": abcd, "static": static, "hebb": hebb, "oja": oja}
+RULES = {
+    "polynomial": polynomial,
+    "abcd": abcd,
+    "mlp": mlp,
+    "static": static,
+    "hebb": hebb,
+    "oja": oja,
+}
 
 
 def make(name: str, **kwargs) -> Rule:
@@ -26,6 +34,7 @@ def make(name: str, **kwargs) -> Rule:
 __all__ = [
     "COEFFICIENTS",
     "abcd",
+    "mlp",
     "static",
     "DEFAULT_TERMS",
     "REFERENCE_RULES",

@@ -1,0 +1,62 @@
+"""MLP rules: a small neural network, shared by every synapse, maps local signals to ``dw``.
+
+``dw[i, j] = MLP_theta(pre[j], post[i], w[i, j], err[i], mod)``: the genome is the MLP's
+parameters ``theta`` (a flax pytree), the same for every synapse, so the rule stays local
+however expressive it is. This is the "learned plasticity rule as a small network" family
+of, e.g., Confavreux et al. 2020 ("A meta-learning approach to (re)discover plasticity
+rules that carve a desired function into a neural network") and Tyulmankov et al. 2022.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .base import SIGNAL_NAMES, Genome, Rule, Signals
+
+
+class _SynapseMLP(nn.Module):
+    hidden: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        h = features
+        for width in self.hidden:
+            h = jnp.tanh(nn.Dense(width)(h))
+        return nn.Dense(1)(h)[..., 0]
+
+
+def mlp(
+    features: tuple[str, ...] = ("pre", "post", "w", "err"),
+    hidden: tuple[int, ...] = (16,),
+    out_scale: float = 0.1,
+) -> Rule:
+    """A rule whose ``dw`` is a small MLP of the synapse's local signals.
+
+    Args:
+      features: which local signals the MLP reads (from ``pre, post, w, err, mod``).
+      hidden: the MLP's hidden widths.
+      out_scale: multiplies the MLP's output (keeps initial rules gentle).
+    """
+    features = tuple(features)
+    for f in features:
+        if f not in SIGNAL_NAMES:
+            raise ValueError(f"rule.features: unknown signal {f!r} (signals: {', '.join(SIGNAL_NAMES)})")
+    net = _SynapseMLP(hidden=tuple(hidden))
+
+    def init(key: jax.Array) -> Genome:
+        return net.init(key, jnp.zeros((1, len(features))))["params"]
+
+    def update(genome: Genome, signals: Signals) -> jax.Array:
+        local = signals.broadcast()
+        shape = signals.w.shape
+        x = jnp.stack([jnp.broadcast_to(local[f], shape) for f in features], axis=-1)
+        return out_scale * net.apply({"params": genome}, x)
+
+    def describe(genome: Genome) -> str:
+        n = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(genome))
+        return f"MLP rule dw = f({', '.join(features)}), hidden {list(hidden)}, {n} parameters"
+
+    return Rule("mlp", init, update, describe)
