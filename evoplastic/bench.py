@@ -1,10 +1,18 @@
-"""``evoplastic bench``: the toolkit's generation step against a minimal hand-written loop.
+"""``evoplastic bench``: how fast a generation is, and how close to the machine's limits.
 
-For a config, it times the toolkit's compiled generation (ask, evaluate, tell in one
-jit) and a minimal loop written directly against evosax and JAX (jitted ask, a jitted
-``vmap`` of the same inner loop, jitted tell), in the same process and interleaved, so
-their ratio is measured side by side. Compile time is reported apart from the per
-generation times.
+Everything is measured in one process, side by side:
+
+* for representative configs (pca; a multi-layer network with a Hebbian rule; an MLP rule;
+  a control task): per-generation time (median, min, max; compile excluded), compile time,
+  evaluations/s, synapse updates/s and the compiled step's memory (XLA's estimate);
+* the same problem as a *minimal* loop -- jitted evosax ``ask``, a jitted ``vmap`` of the
+  same inner loop, jitted ``tell`` and nothing else -- timed interleaved with the toolkit's
+  fused generation, giving the overhead ratio toolkit / minimal. For pca the inner loop of
+  the minimal loop is also written by hand (no rule or network abstraction);
+* the machine's own limits: FLOP/s of a large matmul and the bandwidth of a streaming
+  kernel, and the fraction of the relevant roofline that the multi-layer Hebbian inner
+  loop reaches (FLOPs and bytes counted by hand per synapse and step, stated below);
+* scaling: per-generation time at population 64, 256 and 1024.
 """
 
 from __future__ import annotations
@@ -16,7 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from . import config
-from .experiment import build
+from .backends import generation_keys
+from .experiment import Experiment, build
+
+_CARTPOLE = {"name": "control", "env": "CartPole-v1", "max_steps": 200}
+_LAYERED = {"activation": "tanh", "output_activation": "tanh", "lr": 1.0, "lr_decay": 0.0}
 
 BENCH_CONFIGS = {
     "pca": {
@@ -24,145 +36,300 @@ BENCH_CONFIGS = {
         "strategy": {"name": "cma_es", "population_size": 64},
         "evaluation": {"instances": 8},
     },
+    "hebbian": {  # multi-layer network, per-synapse ABCD rule
+        "task": _CARTPOLE,
+        "network": _LAYERED | {"hidden": [64, 64]},
+        "rule": {"name": "abcd", "per_synapse": True},
+        "strategy": {"name": "open_es", "population_size": 64, "std_init": 0.1},
+        "evaluation": {"instances": 2},
+    },
+    "mlp_rule": {
+        "task": _CARTPOLE,
+        "network": _LAYERED | {"hidden": [32]},
+        "rule": {"name": "mlp", "features": ["pre", "post", "w"], "hidden": [8]},
+        "strategy": {"name": "open_es", "population_size": 64, "std_init": 0.1},
+        "evaluation": {"instances": 2},
+    },
+    "control": {
+        "task": _CARTPOLE | {"max_steps": 500},
+        "network": _LAYERED | {"hidden": [16]},
+        "rule": {"name": "abcd", "per_synapse": False},
+        "strategy": {"name": "cma_es", "population_size": 64, "std_init": 0.5},
+        "evaluation": {"instances": 4},
+    },
 }
 
+# hand count for the Hebbian roofline, per synapse and inner step (float32):
+# forward 2 FLOPs (multiply-add); ABCD eta*(A*pre*post + B*pre + C*post + D) 9 FLOPs;
+# w + lr*dw 2 FLOPs. Bytes: read w, A, B, C, D, eta and write w = 7 * 4 bytes.
+HEBB_FLOPS_PER_SYNAPSE_STEP = 13
+HEBB_BYTES_PER_SYNAPSE_STEP = 28
 
-def _minimal_pca_fitness(dim, steps, lr, lr_decay, w_init_norm, instances, terms_fn):
-    """The pca inner loop written by hand: sample, scan the rule, score the final weights."""
+
+def _synapses(exp: Experiment) -> int:
+    net = exp.family.network
+    if hasattr(net, "shapes"):
+        return int(sum(o * i for o, i in net.shapes))
+    return int(net.n_in * net.n_out)
+
+
+def _steps(exp: Experiment) -> int:
+    return int(exp.family.steps)
+
+
+def _minimal_fitness(exp: Experiment):
+    """``vmap`` over members of the mean inner-loop loss, nothing else."""
+    family, rule, n = exp.family, exp.rule, exp.config.evaluation.instances
+
+    def fitness(genome, key):
+        def one(j):
+            k = jax.random.fold_in(key, j)
+            return family.inner_loop(rule, genome, family.sample(k, "train"), k)[0]
+
+        return jnp.mean(jax.vmap(one)(jnp.arange(n)))
+
+    return jax.jit(jax.vmap(fitness, in_axes=(0, None)))
+
+
+def _hand_written_pca_fitness(exp: Experiment):
+    """The pca inner loop written directly in jnp: sample, scan, score."""
+    fam, net, n = exp.family, exp.family.network, exp.config.evaluation.instances
+    d, steps = fam.dim, fam.steps
 
     def one(genome, key):
         k_normal, k_uniform = jax.random.split(jax.random.fold_in(key, 1))
-        g = jax.random.normal(k_normal, (dim * dim + dim + steps * dim,))
-        u = jax.random.uniform(k_uniform, (dim,))
-        q, _ = jnp.linalg.qr(g[: dim * dim].reshape(dim, dim))
-        w0 = g[dim * dim : dim * dim + dim]
-        z = g[dim * dim + dim :].reshape(steps, dim)
-        eig = (0.5 + 1.5 * u[0]) * jnp.concatenate([jnp.ones(1), 0.25 * u[1:]])
-        xs = (z * jnp.sqrt(eig)) @ q.T
+        g = jax.random.normal(k_normal, (d * d + d + steps * d,))
+        u = jax.random.uniform(k_uniform, (d,))
+        q, _ = jnp.linalg.qr(g[: d * d].reshape(d, d))
+        w0 = g[d * d : d * d + d]
+        eig = (fam.scale_min + (fam.scale_max - fam.scale_min) * u[0]) * jnp.concatenate(
+            [jnp.ones(1), fam.noise_eig_max * u[1:]]
+        )
+        xs = (g[d * d + d :].reshape(steps, d) * jnp.sqrt(eig)) @ q.T
+        c = genome
 
         def body(carry, x):
             w, t = carry
             y = w @ x
-            dw = terms_fn(genome, x, y, w)
-            return (w + lr / (1.0 + lr_decay * t) * dw, t + 1), None
+            dw = (
+                c[0] * y * x
+                + c[1] * y * y * w
+                + c[2] * x
+                + c[3] * y
+                + c[4] * w
+                + c[5] * y * w
+                + c[6]
+                + c[7] * y * y
+            )  # the default term library, by hand
+            return (w + net.lr / (1.0 + net.lr_decay * t) * dw, t + 1), None
 
-        w = w_init_norm * w0 / jnp.linalg.norm(w0)
-        (w, _), _ = jax.lax.scan(body, (w, 0), xs)
+        (w, _), _ = jax.lax.scan(body, (net.w_init_norm * w0 / jnp.linalg.norm(w0), 0), xs)
         norm = jnp.linalg.norm(w)
-        return 1.0 - jnp.abs(w @ q[:, 0]) / norm + (norm - 1.0) ** 2
+        return 1.0 - jnp.abs(w @ q[:, 0]) / norm + fam.norm_penalty * (norm - 1.0) ** 2
 
     def fitness(genome, key):
-        keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(instances))
+        keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n))
         return jnp.mean(jax.vmap(lambda k: one(genome, k))(keys))
 
-    return fitness
+    return jax.jit(jax.vmap(fitness, in_axes=(0, None)))
 
 
-def _default_terms(c, x, y, w):
-    # pre*post, post^2*w, pre, post, w, post*w, 1, post^2 -- the default library, by hand
-    return (
-        c[0] * y * x
-        + c[1] * y * y * w
-        + c[2] * x
-        + c[3] * y
-        + c[4] * w
-        + c[5] * y * w
-        + c[6]
-        + c[7] * y * y
-    )
+class _Loop:
+    """One generation per call, of the toolkit's fused step or of a minimal loop."""
+
+    def __init__(self, exp: Experiment, fitness=None):
+        self.exp, self.run_key, self.g = exp, jax.random.PRNGKey(0), 0
+        self.state = exp.init_state(self.run_key)
+        self.fused = fitness is None
+        self.step = exp.generation_step() if self.fused else None
+        self.fitness = fitness
+
+    def __call__(self):
+        if self.fused:
+            self.state, m = self.step(self.state, self.run_key, self.g)
+            jax.block_until_ready(m)
+        else:
+            es, p = self.exp.strategy, self.exp.es_params
+            k_ask, k_eval, k_tell = generation_keys(self.run_key, self.g)
+            pop, st = es.ask(k_ask, self.state, p)
+            self.state, _ = es.tell(k_tell, pop, self.fitness(pop, k_eval), st, p)
+            jax.block_until_ready(self.state)
+        self.g += 1
 
 
-def _time(fn, reps):
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def bench_config(name: str, reps: int, echo=print) -> dict:
-    cfg = config.parse(BENCH_CONFIGS[name])
-    exp = build(cfg)
-    run_key = jax.random.PRNGKey(0)
-    P = cfg.strategy.population_size
-
-    step = exp.generation_step()
-    box = {"state": exp.init_state(run_key), "g": 0}
-
-    def toolkit():
-        box["state"], m = step(box["state"], run_key, box["g"])
-        jax.block_until_ready(m)
-        box["g"] += 1
-
-    es, es_params = exp.strategy, exp.es_params
-    net = cfg.network
-    fit = jax.jit(
-        jax.vmap(
-            _minimal_pca_fitness(
-                cfg.task["dim"],
-                cfg.task["steps"],
-                net.lr,
-                net.lr_decay,
-                net.w_init_norm,
-                cfg.evaluation.instances,
-                _default_terms,
-            ),
-            in_axes=(0, None),
-        )
-    )
-    mbox = {"state": exp.init_state(run_key), "g": 0}
-
-    def minimal():
-        key_g = jax.random.fold_in(run_key, mbox["g"])
-        k_ask, k_eval, k_tell = jax.random.split(key_g, 3)
-        pop, st = es.ask(k_ask, mbox["state"], es_params)
-        f = fit(pop, k_eval)
-        mbox["state"], _ = es.tell(k_tell, pop, f, st, es_params)
-        jax.block_until_ready(mbox["state"])
-        mbox["g"] += 1
-
+def _timed(fn) -> float:
     t0 = time.perf_counter()
-    toolkit()
-    compile_toolkit = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    minimal()
-    compile_minimal = time.perf_counter() - t0
-    tk, mn = [], []
-    for _ in range(reps):  # interleaved, so both see the same machine load
-        tk += _time(toolkit, 1)
-        mn += _time(minimal, 1)
-    evals = P * cfg.evaluation.instances
-    synapses = cfg.task["dim"]
-    med_tk, med_mn = statistics.median(tk), statistics.median(mn)
+    fn()
+    return time.perf_counter() - t0
+
+
+def _step_memory(exp: Experiment) -> int | None:
+    """Bytes of the compiled step: arguments + outputs + temporaries (XLA's analysis)."""
+    try:
+        state = exp.init_state(jax.random.PRNGKey(0))
+        compiled = exp.generation_step().lower(state, jax.random.PRNGKey(0), 0).compile()
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 -- not every backend reports memory
+        return None
+
+
+def bench_config(name: str, reps: int, echo=print, population: int | None = None) -> dict:
+    """Time one config: the toolkit's generation against the minimal loop(s)."""
+    raw = dict(BENCH_CONFIGS[name])
+    if population:
+        raw["strategy"] = raw["strategy"] | {"population_size": population}
+    exp = build(config.parse(raw))
+    loops = {"toolkit": _Loop(exp), "minimal": _Loop(exp, _minimal_fitness(exp))}
+    if name == "pca":
+        loops["hand_written"] = _Loop(exp, _hand_written_pca_fitness(exp))
+    compile_s = {k: _timed(loop) for k, loop in loops.items()}  # first call compiles
+    times = {k: [] for k in loops}
+    for _ in range(reps):  # interleaved, so every loop sees the same machine load
+        for k, loop in loops.items():
+            times[k].append(_timed(loop))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    P, n = exp.config.strategy.population_size, exp.config.evaluation.instances
+    synapses, steps = _synapses(exp), _steps(exp)
     result = {
         "config": name,
         "population": P,
-        "compile_s": compile_toolkit,
-        "compile_minimal_s": compile_minimal,
-        "gen_median_s": med_tk,
-        "gen_min_s": min(tk),
-        "gen_max_s": max(tk),
-        "minimal_median_s": med_mn,
-        "overhead_ratio": med_tk / med_mn,
-        "evals_per_s": evals / med_tk,
-        "synapse_updates_per_s": evals * synapses * cfg.task["steps"] / med_tk,
+        "synapses": synapses,
+        "inner_steps": steps,
+        "batch": P * n,
+        "compile_s": compile_s["toolkit"],
+        "gen_median_s": med["toolkit"],
+        "gen_min_s": min(times["toolkit"]),
+        "gen_max_s": max(times["toolkit"]),
+        "minimal_median_s": med["minimal"],
+        "overhead_ratio": med["toolkit"] / med["minimal"],
+        "evals_per_s": P * n / med["toolkit"],
+        "synapse_updates_per_s": P * n * synapses * steps / med["toolkit"],
+        "step_memory_bytes": _step_memory(exp),
     }
-    echo(
-        f"{name:>6}  pop {P:>5}  gen {med_tk * 1e3:8.2f} ms (min {min(tk) * 1e3:.2f}, "
-        f"max {max(tk) * 1e3:.2f})  minimal {med_mn * 1e3:8.2f} ms"
-        f"  ratio {result['overhead_ratio']:.3f}  compile {compile_toolkit:.1f}s"
-        f"  {result['synapse_updates_per_s']:.3g} syn-updates/s"
-    )
+    if "hand_written" in med:
+        result["hand_written_median_s"] = med["hand_written"]
+        result["overhead_ratio_hand_written"] = med["toolkit"] / med["hand_written"]
     return result
 
 
-def run_bench(quick: bool = False, echo=print) -> dict:
-    """Run every bench config; returns the results (also printed through ``echo``)."""
-    reps = 5 if quick else 20
+def machine_limits(echo=print) -> dict:
+    """Peak FLOP/s (a 2048^2 matmul) and bandwidth (a 256 MB streaming ``a*x + y``)."""
+    n = 2048
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    mm = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(mm(a, a))
+    t = min(_timed(lambda: jax.block_until_ready(mm(a, a))) for _ in range(5))
+    flops = 2 * n**3 / t
+    x = jnp.ones((64 * 1024 * 1024,), jnp.float32)
+    y = jnp.ones_like(x)
+    axpy = jax.jit(lambda x, y: 1.0001 * x + y)
+    jax.block_until_ready(axpy(x, y))
+    t = min(_timed(lambda: jax.block_until_ready(axpy(x, y))) for _ in range(5))
+    bandwidth = 3 * x.size * 4 / t  # read x and y, write the result
+    return {"matmul_flops_per_s": flops, "stream_bytes_per_s": bandwidth}
+
+
+def last_level_cache_bytes() -> int | None:
+    """Size of the largest CPU cache (Linux sysfs), or ``None`` if unknown."""
+    from pathlib import Path
+
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes) if sizes else None
+
+
+def roofline(result: dict, limits: dict) -> dict:
+    """Fraction of the relevant roofline reached by the Hebbian inner loop.
+
+    FLOPs and bytes are counted by hand (see the constants at the top). The relevant roof
+    depends on where the plastic state lives: if every member's weights and coefficients
+    fit in the last-level cache, main-memory bandwidth does not limit the loop and the roof
+    is the compute peak (the matmul FLOP/s); otherwise it is ``intensity * bandwidth``.
+    Both fractions are reported.
+    """
+    achieved = result["synapse_updates_per_s"] * HEBB_FLOPS_PER_SYNAPSE_STEP
+    intensity = HEBB_FLOPS_PER_SYNAPSE_STEP / HEBB_BYTES_PER_SYNAPSE_STEP
+    memory_roof = intensity * limits["stream_bytes_per_s"]
+    compute_roof = limits["matmul_flops_per_s"]
+    working_set = result["batch"] * result["synapses"] * HEBB_BYTES_PER_SYNAPSE_STEP
+    cache = last_level_cache_bytes()
+    in_cache = cache is not None and working_set <= cache
+    relevant = compute_roof if in_cache else min(compute_roof, memory_roof)
+    return {
+        "achieved_flops_per_s": achieved,
+        "arithmetic_intensity": intensity,
+        "working_set_bytes": working_set,
+        "last_level_cache_bytes": cache,
+        "compute_fraction": achieved / compute_roof,
+        "memory_roof_fraction": achieved / memory_roof,
+        "roofline_flops_per_s": relevant,
+        "roofline_fraction": achieved / relevant,
+        "bound": "compute (state in cache)" if in_cache else "memory",
+    }
+
+
+def _fmt(r: dict) -> str:
+    mem = r["step_memory_bytes"]
+    text = (
+        f"{r['config']:>9} pop {r['population']:>5}  gen {r['gen_median_s'] * 1e3:8.2f} ms"
+        f" (min {r['gen_min_s'] * 1e3:.2f}, max {r['gen_max_s'] * 1e3:.2f})"
+        f"  minimal {r['minimal_median_s'] * 1e3:8.2f} ms  ratio {r['overhead_ratio']:.3f}"
+    )
+    if "overhead_ratio_hand_written" in r:
+        text += f" (hand-written {r['overhead_ratio_hand_written']:.3f})"
+    text += (
+        f"  compile {r['compile_s']:.1f} s  {r['evals_per_s']:,.0f} evals/s"
+        f"  {r['synapse_updates_per_s']:.3g} syn-updates/s"
+    )
+    if mem is not None:
+        text += f"  step memory {mem / 2**20:.1f} MiB"
+    return text
+
+
+def run_bench(quick: bool = False, echo=print, scaling: bool = True) -> dict:
+    """Run the whole benchmark; results are printed through ``echo`` and returned."""
+    reps = 5 if quick else 15
     device = jax.devices()[0]
     echo(f"evoplastic bench on {device.device_kind} ({jax.default_backend()}), {reps} generations")
-    return {
-        "device": str(jax.devices()[0]),
-        "results": [bench_config(n, reps, echo) for n in BENCH_CONFIGS],
-    }
+    limits = machine_limits()
+    echo(
+        f"machine: matmul {limits['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s,"
+        f" stream {limits['stream_bytes_per_s'] / 1e9:.1f} GB/s"
+    )
+    results = []
+    for name in BENCH_CONFIGS:
+        results.append(bench_config(name, reps, echo))
+        echo(_fmt(results[-1]))
+    hebb = next(r for r in results if r["config"] == "hebbian")
+    roof = roofline(hebb, limits)
+    echo(
+        f"hebbian inner loop: {roof['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s (FLOPs counted by"
+        f" hand), intensity {roof['arithmetic_intensity']:.2f} FLOP/byte, working set"
+        f" {roof['working_set_bytes'] / 2**20:.1f} MiB; relevant roof: {roof['bound']}"
+        f" {roof['roofline_flops_per_s'] / 1e9:.1f} GFLOP/s -> {100 * roof['roofline_fraction']:.1f}%"
+        f" (of compute peak {100 * roof['compute_fraction']:.1f}%,"
+        f" of DRAM roof {100 * roof['memory_roof_fraction']:.0f}%)"
+    )
+    out = {"device": str(device), "machine": limits, "results": results, "roofline": roof}
+    if scaling:
+        rows = []
+        for name in ("pca", "hebbian"):
+            times = {}
+            for pop in (64, 256, 1024):
+                r = bench_config(name, max(3, reps // 3), echo, population=pop)
+                times[pop] = r["gen_median_s"]
+                rows.append(r)
+            echo(
+                f"scaling {name:>8}: "
+                + "  ".join(f"pop {p}: {t * 1e3:.1f} ms" for p, t in times.items())
+                + f"  (256 -> 1024: {times[1024] / times[256]:.2f}x)"
+            )
+        out["scaling"] = rows
+    return out
+
+
+__all__ = ["BENCH_CONFIGS", "bench_config", "machine_limits", "roofline", "run_bench"]

@@ -49,9 +49,7 @@ class Experiment:
         """The strategy state before generation 0; its mean is the rule's ``init``."""
         k_rule, k_es = jax.random.split(jax.random.fold_in(run_key, 2**31 - 1))
         mean = self.rule.init(k_rule)
-        state = self.strategy.init(k_es, mean, self.es_params)
-        # strong dtypes, as after a tell: weakly typed leaves would recompile generation 1
-        return jax.tree.map(lambda x: jax.numpy.asarray(x, dtype=x.dtype), state)
+        return backends.strong_types(self.strategy.init(k_es, mean, self.es_params))
 
     def mean_genome(self, state):
         return self.strategy.get_mean(state)

@@ -8,6 +8,7 @@ from .local import (
     make_genome_evaluator,
     member_keys,
     sanitize,
+    strong_types,
     task_fitness,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "make_genome_evaluator",
     "member_keys",
     "sanitize",
+    "strong_types",
     "task_fitness",
 ]

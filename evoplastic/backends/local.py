@@ -73,6 +73,15 @@ def generation_keys(run_key: jax.Array, generation) -> tuple[jax.Array, jax.Arra
     return tuple(jax.random.fold_in(key_g, i) for i in range(3))
 
 
+def strong_types(tree):
+    """The same pytree with every leaf strongly typed.
+
+    Some strategies return weakly typed scalars (e.g. a Python-float ``std`` schedule);
+    feeding them back into a jitted step would compile it a second time.
+    """
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
+
+
 def make_generation_step(strategy, es_params, fitness: FitnessFn, common_instances: bool = True):
     """Compile ``step(state, run_key, generation) -> (state, metrics)`` once for a run."""
 
@@ -83,6 +92,7 @@ def make_generation_step(strategy, es_params, fitness: FitnessFn, common_instanc
         raw = evaluate_population(fitness, population, k_eval, common_instances)
         fit, nonfinite = sanitize(raw)
         state, _ = strategy.tell(k_tell, population, fit, state, es_params)
+        state = strong_types(state)
         finite = jnp.isfinite(raw)
         n_finite = jnp.maximum(jnp.sum(finite), 1)
         metrics = {

@@ -43,7 +43,9 @@ def mlp(
     features = tuple(features)
     for f in features:
         if f not in SIGNAL_NAMES:
-            raise ValueError(f"rule.features: unknown signal {f!r} (signals: {', '.join(SIGNAL_NAMES)})")
+            raise ValueError(
+                f"rule.features: unknown signal {f!r} (signals: {', '.join(SIGNAL_NAMES)})"
+            )
     net = _SynapseMLP(hidden=tuple(hidden))
 
     def init(key: jax.Array) -> Genome:
