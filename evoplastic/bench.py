@@ -310,7 +310,8 @@ def run_bench(quick: bool = False, echo=print, scaling: bool = True) -> dict:
         f"hebbian inner loop: {roof['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s (FLOPs counted by"
         f" hand), intensity {roof['arithmetic_intensity']:.2f} FLOP/byte, working set"
         f" {roof['working_set_bytes'] / 2**20:.1f} MiB; relevant roof: {roof['bound']}"
-        f" {roof['roofline_flops_per_s'] / 1e9:.1f} GFLOP/s -> {100 * roof['roofline_fraction']:.1f}%"
+        f" {roof['roofline_flops_per_s'] / 1e9:.1f} GFLOP/s"
+        f" -> {100 * roof['roofline_fraction']:.1f}%"
         f" (of compute peak {100 * roof['compute_fraction']:.1f}%,"
         f" of DRAM roof {100 * roof['memory_roof_fraction']:.0f}%)"
     )

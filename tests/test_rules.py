@@ -128,10 +128,10 @@ def test_mlp_rule_is_local_and_evolvable():
         assert np.all(np.asarray(jac)[mask == 0] == 0.0)
         assert np.any(np.asarray(jac)[mask == 1] != 0.0)
     # one synapse's dw is the MLP applied to that synapse's features alone
-    one = rule.update(
-        genome,
-        Signals(pre=sig.pre[1:2], post=sig.post[2:3], w=sig.w[2:3, 1:2], err=sig.err[2:3], mod=sig.mod),
+    alone = Signals(
+        pre=sig.pre[1:2], post=sig.post[2:3], w=sig.w[2:3, 1:2], err=sig.err[2:3], mod=sig.mod
     )
+    one = rule.update(genome, alone)
     np.testing.assert_allclose(one[0, 0], rule.update(genome, sig)[2, 1], rtol=1e-5)
     with pytest.raises(ValueError, match="unknown signal 'trace'"):
         rules.mlp(features=("pre", "trace"))
