@@ -272,6 +272,35 @@ def roofline(result: dict, limits: dict) -> dict:
     }
 
 
+def compilation_cache(echo=print) -> dict:
+    """Time to the first generation of `evoplastic run`, cold and then with a warm cache."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    config_path = Path(__file__).resolve().parents[1] / "experiments" / "oja.yaml"
+    if not config_path.exists():
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, EVOPLASTIC_CACHE_DIR=str(Path(tmp) / "cache"))
+        first = []
+        for i in range(2):
+            out = Path(tmp) / f"run{i}"
+            cmd = [sys.executable, "-m", "evoplastic.cli", "run", str(config_path)]
+            cmd += ["--out", str(out), "--quiet", "generations=2", "test.final_instances=2"]
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            line = (out / "metrics.jsonl").read_text().splitlines()[0]
+            first.append(json.loads(line)["time_s"])
+    echo(
+        f"compilation cache: first generation {first[0]:.2f} s cold,"
+        f" {first[1]:.2f} s on the second start ({first[0] / first[1]:.1f}x faster)"
+    )
+    return {"first_generation_cold_s": first[0], "first_generation_cached_s": first[1]}
+
+
 def _fmt(r: dict) -> str:
     mem = r["step_memory_bytes"]
     text = (
@@ -316,6 +345,7 @@ def run_bench(quick: bool = False, echo=print, scaling: bool = True) -> dict:
         f" of DRAM roof {100 * roof['memory_roof_fraction']:.0f}%)"
     )
     out = {"device": str(device), "machine": limits, "results": results, "roofline": roof}
+    out["compilation_cache"] = compilation_cache(echo)
     if scaling:
         rows = []
         for name in ("pca", "hebbian"):

@@ -108,6 +108,28 @@ def _reporter(quiet: bool):
     return _Bar() if sys.stdout.isatty() else _Plain()
 
 
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache for this process (CLI runs only).
+
+    The directory is ``$EVOPLASTIC_CACHE_DIR`` or ``~/.cache/evoplastic/jax``; setting
+    ``EVOPLASTIC_CACHE_DIR=off`` disables it. A second start of the same config then loads
+    its compiled generation instead of compiling it again.
+    """
+    import os
+
+    path = os.environ.get("EVOPLASTIC_CACHE_DIR") or str(
+        Path.home() / ".cache" / "evoplastic" / "jax"
+    )
+    if path.lower() in ("off", "0", "none"):
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
 def _sigterm_as_interrupt():
     def handler(signum, frame):
         raise KeyboardInterrupt
@@ -160,6 +182,7 @@ def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
     from .trainer import Interrupted, ResumeError, finalize, read_metrics, train
 
     _sigterm_as_interrupt()
+    enable_compilation_cache()
     try:
         result = train(exp, run_dir, reporter=_reporter(quiet), resume=resume)
     except ResumeError as err:

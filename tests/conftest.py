@@ -2,10 +2,14 @@ import copy
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
+
+# CLI runs in tests share one fresh compilation cache, not the user's
+os.environ["EVOPLASTIC_CACHE_DIR"] = tempfile.mkdtemp(prefix="evoplastic-test-cache-")
 
 SMALL = {
     "name": "small",

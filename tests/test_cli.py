@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -82,6 +84,7 @@ def test_run_eval_plot_end_to_end(write_config, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli("run", write_config(cfg), "--out", run_dir, "--seed", "3")
     assert proc.returncode == 0, proc.stderr
+    assert any(Path(os.environ["EVOPLASTIC_CACHE_DIR"]).iterdir())  # compilation cache on
     assert "discovered rule: dw = " in proc.stdout
     assert "cosine to Oja's rule" in proc.stdout
     assert "held-out [wide, 8 instances]" in proc.stdout

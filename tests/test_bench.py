@@ -1,0 +1,35 @@
+import jax
+import numpy as np
+
+from evoplastic import backends, bench, build, config
+
+
+def test_minimal_loops_solve_the_same_problem():
+    """The hand-written pca loop and the toolkit's fitness agree member by member."""
+    exp = build(config.parse(bench.BENCH_CONFIGS["pca"] | {"task": {"name": "pca", "steps": 300}}))
+    pop = np.zeros((4, 8), np.float32)
+    pop[:, 0], pop[:, 1] = 1.0, -1.0  # Oja's rule ...
+    pop[1:, 2:] = 0.05 * np.random.default_rng(0).normal(size=(3, 6))  # ... and neighbours
+    key = jax.random.PRNGKey(3)
+    toolkit = backends.evaluate_population(exp.fitness(), pop, key, True)
+    np.testing.assert_allclose(bench._hand_written_pca_fitness(exp)(pop, key), toolkit, rtol=1e-4)
+    np.testing.assert_allclose(bench._minimal_fitness(exp)(pop, key), toolkit, rtol=1e-5)
+
+
+def test_bench_config_reports_consistent_figures():
+    r = bench.bench_config("control", reps=2, echo=lambda *_: None, population=8)
+    assert r["overhead_ratio"] == r["gen_median_s"] / r["minimal_median_s"]
+    expected = 8 * 4 * r["synapses"] * r["inner_steps"] / r["gen_median_s"]
+    assert np.isclose(r["synapse_updates_per_s"], expected)
+    assert r["synapses"] == 4 * 16 + 16 * 2
+
+
+def test_roofline_picks_the_relevant_roof():
+    limits = {"matmul_flops_per_s": 1e11, "stream_bytes_per_s": 1e10}
+    small = {"synapse_updates_per_s": 1e9, "batch": 1, "synapses": 10}
+    r = bench.roofline(small, limits)
+    assert r["bound"].startswith("compute") and np.isclose(r["roofline_fraction"], 13e9 / 1e11)
+    huge = {"synapse_updates_per_s": 1e9, "batch": 10**6, "synapses": 10**6}
+    r = bench.roofline(huge, limits)
+    assert r["bound"] == "memory"
+    assert np.isclose(r["roofline_flops_per_s"], 13 / 28 * 1e10)
