@@ -266,15 +266,16 @@ def resume(run_dir, quiet):
     _train_and_finish(exp, run_dir, resume=True, quiet=quiet)
 
 
-def _run_genome(run_dir: Path):
+def _run_genome(run_dir: Path, exp):
     from .checkpoint import CheckpointError
     from .trainer import latest_genome
 
     best = run_dir / "best_rule.json"
     if best.is_file():
-        import jax.numpy as jnp
-
-        return jnp.asarray(json.loads(best.read_text())["genome"])
+        try:
+            return exp.unflatten_genome(json.loads(best.read_text())["genome_flat"])
+        except (KeyError, ValueError, TypeError) as err:
+            _fail(f"{best}: not a readable rule ({err})")
     try:
         return latest_genome(run_dir, warn=lambda m: click.echo(f"warning: {m}", err=True))
     except CheckpointError as err:
@@ -314,7 +315,7 @@ def eval_(run_dir, overrides, instances, as_json):
             _fail(str(err))
     cfg = dataclasses.replace(cfg, test=dataclasses.replace(cfg.test, variants={}))
     exp = _build(cfg)
-    genome = _run_genome(run_dir)
+    genome = _run_genome(run_dir, exp)
     results = evaluate_final(exp, genome, instances)["trained"]
     task = dict(item.split("=", 1) for item in task_over)
     if as_json:
@@ -356,8 +357,43 @@ def plot(run_dir):
     records = read_metrics(run_dir)
     if not records:
         _fail(f"{str(run_dir)!r} has no metrics yet")
-    draw_plots(exp, run_dir, records, rule_summary(exp.rule, _run_genome(run_dir)))
+    draw_plots(exp, run_dir, records, rule_summary(exp.rule, _run_genome(run_dir, exp)))
     click.echo(f"wrote plots to {run_dir}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Also write the table here.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Draw a bar chart here (PNG).")
+def report(run_dirs, out, plot):
+    """A markdown table of finished runs: mean and 95% CI over held-out instances."""
+    import yaml
+
+    from .analysis import markdown_table, report_rows
+
+    runs = []
+    for run_dir in run_dirs:
+        _run_dir_config(run_dir)
+        if not (run_dir / "eval.json").is_file():
+            _fail(f"{str(run_dir)!r} has no eval.json (unfinished run? `evoplastic resume` it)")
+        runs.append(
+            {
+                "dir": run_dir,
+                "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+                "eval": json.loads((run_dir / "eval.json").read_text()),
+            }
+        )
+    rows = report_rows(runs)
+    table = markdown_table(rows)
+    click.echo(table, nl=False)
+    if out:
+        from .checkpoint import atomic_write
+
+        atomic_write(out, table.encode())
+    if plot:
+        from .analysis import plots
+
+        plots.report_bars(rows, plot)
 
 
 @cli.command(name="list")

@@ -12,6 +12,7 @@ import inspect
 from typing import Any
 
 import jax
+import jax.flatten_util
 
 from . import backends, meta, rules, tasks
 from .config import Config, ConfigError
@@ -53,6 +54,16 @@ class Experiment:
 
     def mean_genome(self, state):
         return self.strategy.get_mean(state)
+
+    def flat_genome(self, genome) -> list[float]:
+        """The genome as one flat list of numbers (what ``best_rule.json`` stores)."""
+        flat, _ = jax.flatten_util.ravel_pytree(genome)
+        return [float(x) for x in flat]
+
+    def unflatten_genome(self, flat):
+        """Inverse of :meth:`flat_genome`, with the structure of this rule's genome."""
+        _, unravel = jax.flatten_util.ravel_pytree(self.genome_template)
+        return unravel(jax.numpy.asarray(flat, jax.numpy.float32))
 
 
 def build(cfg: Config) -> Experiment:

@@ -272,7 +272,11 @@ def finalize(exp: Experiment, run_dir: Path, genome, records: list[dict]) -> dic
     run_dir = Path(run_dir)
     summary = rule_summary(exp.rule, genome)
     genome_list = jax.tree.map(lambda x: np.asarray(x).tolist(), genome)
-    best = summary | {"genome": genome_list, "generations": exp.config.generations}
+    best = summary | {
+        "genome": genome_list,
+        "genome_flat": exp.flat_genome(genome),
+        "generations": exp.config.generations,
+    }
     results = evaluate_final(exp, genome, exp.config.test.final_instances)
     write_json(run_dir / "best_rule.json", best)
     write_json(run_dir / "eval.json", results)

@@ -75,3 +75,31 @@ def test_other_environments_run(env):
 def test_rules_needing_shapes_need_a_layered_network():
     with pytest.raises(ConfigError, match="needs a layered network"):
         build(config.parse({"rule": {"name": "abcd"}}))
+
+
+def test_control_run_eval_and_report_from_the_cli(write_config, tmp_path):
+    """A per-synapse ABCD genome (a tuple of dicts) survives best_rule.json and eval."""
+    from .conftest import run_cli
+
+    cfg = {
+        "name": "cp",
+        "generations": 2,
+        "task": {"name": "control", "max_steps": 30},
+        "network": {"hidden": [4], "lr_decay": 0.0},
+        "rule": {"name": "abcd"},
+        "strategy": {"name": "open_es", "population_size": 4},
+        "evaluation": {"instances": 1},
+        "test": {"every": 1, "instances": 2, "final_instances": 3},
+    }
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", write_config(cfg), "--out", run_dir, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("eval", run_dir, "--instances", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    saved = json.loads((run_dir / "eval.json").read_text())["trained"]["evolved"]["return"]
+    again = json.loads(proc.stdout)["rules"]["evolved"]["return"]
+    assert again["mean"] == saved["mean"]  # the reloaded genome is the trained one
+    proc = run_cli("report", run_dir)
+    assert "| cp | control CartPole-v1 | trained | abcd per synapse | return |" in proc.stdout

@@ -1,5 +1,21 @@
 """Analysis of runs: rule equations, reference cosines, held-out summaries, plots."""
 
-from .report import BASELINES, cosine, evaluate_final, rule_summary, summarize
+from .report import (
+    BASELINES,
+    cosine,
+    evaluate_final,
+    markdown_table,
+    report_rows,
+    rule_summary,
+    summarize,
+)
 
-__all__ = ["BASELINES", "cosine", "evaluate_final", "rule_summary", "summarize"]
+__all__ = [
+    "BASELINES",
+    "cosine",
+    "evaluate_final",
+    "markdown_table",
+    "report_rows",
+    "rule_summary",
+    "summarize",
+]

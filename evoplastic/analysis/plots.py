@@ -56,3 +56,24 @@ def rule_vs_reference(
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def report_bars(rows: list[dict], path: Path) -> Path:
+    """Mean ± 95% CI of each run's evolved rule per task variant, with fixed rules as marks."""
+    groups = sorted({(r["run"], r["variant"]) for r in rows}, key=lambda g: (g[0], g[1]))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(groups)), 4.0), dpi=110)
+    for i, (run, variant) in enumerate(groups):
+        for r in rows:
+            if (r["run"], r["variant"]) != (run, variant) or r["mean"] is None:
+                continue
+            if r["rule"].endswith("(fixed)"):
+                ax.plot(i, r["mean"], "k_", ms=14)
+            else:
+                ax.bar(i, r["mean"], yerr=r["ci95"] or 0.0, color="C0", capsize=4)
+    ax.set_xticks(range(len(groups)), [f"{r}\n{v}" for r, v in groups], rotation=30, ha="right")
+    ax.set_ylabel(rows[0]["metric"] if rows else "")
+    ax.set_title("held-out performance (bars: evolved rule, marks: fixed rules)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

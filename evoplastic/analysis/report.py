@@ -70,3 +70,57 @@ def evaluate_final(exp, genome, instances: int, baselines=BASELINES) -> dict:
             raw = evaluate_genome(family, rule, g, instances)
             results[vname][cname] = {k: summarize(v) for k, v in raw.items()}
     return results
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def report_rows(runs: list[dict]) -> list[dict]:
+    """One row per run, task variant and rule, from each run's config and ``eval.json``.
+
+    Args:
+      runs: ``{"dir": ..., "config": <config.yaml mapping>, "eval": <eval.json mapping>}``.
+    """
+    rows = []
+    for run in runs:
+        cfg, ev = run["config"], run["eval"]
+        task = cfg["task"]["name"] + (f" {cfg['task']['env']}" if "env" in cfg["task"] else "")
+        rule = cfg["rule"]["name"]
+        if "per_synapse" in cfg["rule"]:
+            rule += " per synapse" if cfg["rule"]["per_synapse"] else " shared per layer"
+        for variant, by_rule in ev.items():
+            for cand, metrics in by_rule.items():
+                metric = next((m for m in metrics if m != "loss"), "loss")
+                s = metrics[metric]
+                rows.append(
+                    {
+                        "run": cfg["name"],
+                        "dir": str(run["dir"]),
+                        "task": task,
+                        "variant": variant,
+                        "rule": rule if cand == "evolved" else f"{cand} (fixed)",
+                        "strategy": cfg["strategy"]["name"],
+                        "metric": metric,
+                        "mean": s.get("mean"),
+                        "ci95": s.get("ci95"),
+                        "median": s.get("median"),
+                        "n": s.get("n"),
+                        "loss": metrics.get("loss", {}).get("mean"),
+                        "diverged": metrics.get("loss", {}).get("nonfinite", 0),
+                    }
+                )
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A markdown table: mean and 95% interval of the mean over held-out instances."""
+    head = "| run | task | variant | rule | metric | mean ± 95% CI | median | loss (mean) | n |"
+    lines = [head + " diverged |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['task']} | {r['variant']} | {r['rule']} | {r['metric']}"
+            f" | {_fmt(r['mean'])} ± {_fmt(r['ci95'], 2)} | {_fmt(r['median'])}"
+            f" | {_fmt(r['loss'])} | {r['n']} | {r['diverged']} |"
+        )
+    return "\n".join(lines) + "\n"
