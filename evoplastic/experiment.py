@@ -66,6 +66,9 @@ class Experiment:
         return unravel(jax.numpy.asarray(flat, jax.numpy.float32))
 
 
+NEEDS_LAYERS = ("abcd", "static")  # rules whose genome follows the network's layers
+
+
 def build(cfg: Config) -> Experiment:
     """Build rule, task family and strategy; raises :class:`ConfigError` on bad input."""
     task_params = {k: v for k, v in cfg.task.items() if k != "name"}
@@ -78,12 +81,12 @@ def build(cfg: Config) -> Experiment:
     rule_params = {k: v for k, v in cfg.rule.items() if k != "name"}
     if "shapes" in inspect.signature(rules.RULES[cfg.rule["name"]]).parameters:
         shapes = getattr(family.network, "shapes", None)
-        if shapes is None:
+        if shapes is None and cfg.rule["name"] in NEEDS_LAYERS:
             raise ConfigError(
                 f"rule.name: {cfg.rule['name']!r} needs a layered network"
                 f" (task {cfg.task['name']!r} has none)"
             )
-        rule_params["shapes"] = shapes
+        rule_params["shapes"] = shapes or ()
     try:
         rule = rules.make(cfg.rule["name"], **rule_params)
     except rules.TermError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -58,8 +59,10 @@ def evaluate_final(exp, genome, instances: int, baselines=BASELINES) -> dict:
     Returns ``{variant: {rule_name: {metric: summary}}}``; the variant ``"trained"`` is the
     training task, others come from ``config.test.variants``.
     """
+    from .baselines import evaluate_backprop, supports_backprop
+
     variants = {"trained": {}} | dict(exp.config.test.variants)
-    candidates = {"evolved": (exp.rule, genome)}
+    candidates = {"evolved": (exp.rule, genome), "random": (exp.rule, random_genome(exp))}
     for name in baselines:
         candidates[name] = (rules.make(name), jnp.zeros((0,)))
     results = {}
@@ -69,11 +72,34 @@ def evaluate_final(exp, genome, instances: int, baselines=BASELINES) -> dict:
         for cname, (rule, g) in candidates.items():
             raw = evaluate_genome(family, rule, g, instances)
             results[vname][cname] = {k: summarize(v) for k, v in raw.items()}
+        if supports_backprop(family):
+            for opt in ("sgd", "adam"):
+                raw = evaluate_backprop(family, opt, instances)
+                results[vname][opt] = {k: summarize(v) for k, v in raw.items()}
     return results
+
+
+RANDOM_RULE_SEED = 31_415
+
+
+def random_genome(exp):
+    """A rule drawn from the outer search's initial distribution (the "random rule")."""
+    flat = np.asarray(exp.flat_genome(exp.genome_template))
+    noise = jax.random.normal(jax.random.PRNGKey(RANDOM_RULE_SEED), flat.shape)
+    return exp.unflatten_genome(flat + exp.config.strategy.std_init * np.asarray(noise))
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+CANDIDATE_NAMES = {
+    "random": "random rule",
+    "oja": "oja (fixed)",
+    "hebb": "hebb (fixed)",
+    "sgd": "SGD (backprop)",
+    "adam": "Adam (backprop)",
+}
 
 
 def report_rows(runs: list[dict]) -> list[dict]:
@@ -91,7 +117,7 @@ def report_rows(runs: list[dict]) -> list[dict]:
             rule += " per synapse" if cfg["rule"]["per_synapse"] else " shared per layer"
         for variant, by_rule in ev.items():
             for cand, metrics in by_rule.items():
-                metric = next((m for m in metrics if m != "loss"), "loss")
+                metric = next((m for m in metrics if m not in ("loss", "lr")), "loss")
                 s = metrics[metric]
                 rows.append(
                     {
@@ -99,13 +125,14 @@ def report_rows(runs: list[dict]) -> list[dict]:
                         "dir": str(run["dir"]),
                         "task": task,
                         "variant": variant,
-                        "rule": rule if cand == "evolved" else f"{cand} (fixed)",
+                        "rule": rule if cand == "evolved" else CANDIDATE_NAMES.get(cand, cand),
                         "strategy": cfg["strategy"]["name"],
                         "metric": metric,
                         "mean": s.get("mean"),
                         "ci95": s.get("ci95"),
                         "median": s.get("median"),
                         "n": s.get("n"),
+                        "lr": metrics.get("lr", {}).get("mean"),
                         "loss": metrics.get("loss", {}).get("mean"),
                         "diverged": metrics.get("loss", {}).get("nonfinite", 0),
                     }
@@ -118,8 +145,9 @@ def markdown_table(rows: list[dict]) -> str:
     head = "| run | task | variant | rule | metric | mean ± 95% CI | median | loss (mean) | n |"
     lines = [head + " diverged |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        rule = r["rule"] + (f", lr {r['lr']:.3g}" if r.get("lr") else "")
         lines.append(
-            f"| {r['run']} | {r['task']} | {r['variant']} | {r['rule']} | {r['metric']}"
+            f"| {r['run']} | {r['task']} | {r['variant']} | {rule} | {r['metric']}"
             f" | {_fmt(r['mean'])} ± {_fmt(r['ci95'], 2)} | {_fmt(r['median'])}"
             f" | {_fmt(r['loss'])} | {r['n']} | {r['diverged']} |"
         )

@@ -116,26 +116,43 @@ def _weighted_terms(coefs, parsed, signals: Signals) -> jax.Array:
     return total
 
 
-def polynomial(terms: tuple[str, ...] = DEFAULT_TERMS, init_scale: float = 0.0) -> Rule:
+def polynomial(
+    terms: tuple[str, ...] = DEFAULT_TERMS,
+    init_scale: float = 0.0,
+    per_layer: bool = False,
+    shapes: tuple[tuple[int, int], ...] = (),
+) -> Rule:
     """A rule ``dw = sum_k c_k * term_k``; the genome is the coefficient vector ``c``.
 
     Args:
       terms: the term library, e.g. ``("pre*post", "post^2*w", "w")``.
       init_scale: standard deviation of the initial coefficients (0: start at zero).
+      per_layer: one coefficient vector per layer of a layered network (genome
+        ``[n_layers, K]``) instead of one shared by all layers.
+      shapes: the layers' weight shapes (set by the task; needed with ``per_layer``).
 
     Returns:
       A :class:`Rule` whose ``terms`` attribute is the library.
     """
     terms = tuple(terms)
     parsed = tuple(parse_term(t) for t in terms)
+    if per_layer and not shapes:
+        raise ValueError("rule.per_layer: needs a task with a layered network")
+    lead = (len(shapes),) if per_layer else ()
 
     def init(key: jax.Array) -> Genome:
-        return init_scale * jax.random.normal(key, (len(terms),))
+        return init_scale * jax.random.normal(key, (*lead, len(terms)))
 
     def update(genome: Genome, signals: Signals) -> jax.Array:
         return _weighted_terms(genome, parsed, signals)
 
-    return Rule("polynomial", init, update, lambda g: format_equation(g, terms), terms)
+    def describe(genome: Genome) -> str:
+        if not per_layer:
+            return format_equation(genome, terms)
+        return "\n".join(f"layer {i}: {format_equation(g, terms)}" for i, g in enumerate(genome))
+
+    select = (lambda g, layer: g[layer]) if per_layer else (lambda g, layer: g)
+    return Rule("polynomial", init, update, describe, terms if not per_layer else (), select)
 
 
 def _fixed(name: str) -> Rule:

@@ -3,8 +3,14 @@
 from .base import SPLITS, TEST_SEED, TaskFamily, split_key, test_instance_keys
 from .control import ENVS, ControlFamily, ControlTask
 from .pca import PCAFamily, PCATask
+from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
 
-TASKS = {"pca": PCAFamily, "control": ControlFamily}
+TASKS = {
+    "pca": PCAFamily,
+    "control": ControlFamily,
+    "sinusoid": SinusoidFamily,
+    "digits": DigitsFamily,
+}
 
 
 def make(name: str, network: dict | None = None, **params) -> TaskFamily:
@@ -13,6 +19,10 @@ def make(name: str, network: dict | None = None, **params) -> TaskFamily:
 
 
 __all__ = [
+    "DigitsFamily",
+    "SinusoidFamily",
+    "SupervisedTask",
+    "backprop_step",
     "ENVS",
     "ControlFamily",
     "ControlTask",
