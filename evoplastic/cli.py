@@ -167,14 +167,18 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         n = evolved["loss"]["n"]
         parts = []
         for metric, s in evolved.items():
-            if metric == "loss":
-                continue
-            ref = by_rule.get("oja", {}).get(metric, {})
-            extra = f" (Oja's rule: {ref['median']:.4g})" if ref else ""
-            parts.append(
-                f"{metric} mean {s['mean']:.4g} ± {s['ci95']:.2g}, median {s['median']:.4g}{extra}"
-            )
+            if metric != "loss":
+                parts.append(
+                    f"{metric} mean {s['mean']:.4g} ± {s['ci95']:.2g}, median {s['median']:.4g}"
+                )
         click.echo(f"held-out [{variant}, {n} instances]: " + "; ".join(parts))
+        metric = next((m for m in evolved if m != "loss"), "loss")
+        others = [
+            f"{name} {res[metric]['median']:.4g}"
+            for name, res in by_rule.items()
+            if name != "evolved" and metric in res
+        ]
+        click.echo(f"  baselines (median {metric}): " + ", ".join(others))
     click.echo(f"run directory: {run_dir}")
 
 

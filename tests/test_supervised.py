@@ -1,0 +1,91 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from evoplastic import backends, build, config, rules, tasks
+from evoplastic.analysis import baselines
+from evoplastic.config import ConfigError
+from evoplastic.tasks.supervised import _digits
+
+NET = {"hidden": [16], "feedback": "random", "output_activation": "linear", "lr": 1.0,
+       "lr_decay": 0.0}  # fmt: skip
+
+
+def _labels(x):
+    """True digit labels of rows of the bundled data set (matched exactly)."""
+    x_all, y_all = _digits()
+    idx = [int(np.flatnonzero((x_all == row).all(axis=1))[0]) for row in np.asarray(x)]
+    return y_all[idx]
+
+
+def test_sinusoid_instances():
+    fam = tasks.make("sinusoid", network=NET, support_size=10, query_size=20)
+    t = fam.sample(jax.random.PRNGKey(0), "train")
+    assert t.xs.shape == (10, 1) and t.qy.shape == (20, 1) and float(t.mask.sum()) == 10
+    x = np.concatenate([t.xs, t.qx])[:, 0] * 5.0
+    y = np.concatenate([t.ys, t.qy])[:, 0]
+    # y is one sinusoid A sin(x + phi): fit A and phi by least squares, residual ~ 0
+    basis = np.stack([np.sin(x), np.cos(x)], 1)
+    coef, res, *_ = np.linalg.lstsq(basis, y, rcond=None)
+    assert res[0] < 1e-6 and 0.1 <= np.hypot(*coef) <= 5.0
+    u = fam.sample(jax.random.PRNGKey(0), "test")
+    assert not np.allclose(t.ys, u.ys)
+
+
+def test_digits_classes_are_disjoint_and_labels_consistent():
+    fam = tasks.make("digits", network=NET, ways=3, shots=2, query_per_class=4,
+                     train_classes=[0, 1, 2, 3], test_classes=[6, 7, 8])  # fmt: skip
+    for split, allowed in (("train", {0, 1, 2, 3}), ("test", {6, 7, 8})):
+        for i in range(5):
+            t = fam.sample(jax.random.PRNGKey(i), split)
+            labels = _labels(np.concatenate([t.xs, t.qx]))
+            assert set(labels) <= allowed and len(set(labels)) == 3
+            onehot = np.argmax(np.concatenate([t.ys, t.qy]), 1)
+            # each task label stands for one digit throughout the instance
+            assert all(len(set(labels[onehot == c])) == 1 for c in range(3))
+    with pytest.raises(ValueError, match="disjoint"):
+        tasks.make("digits", network=NET, test_classes=[4, 5, 6, 7, 8])
+    semi = tasks.make("digits", network=NET, label_fraction=0.4)
+    masks = [float(semi.sample(jax.random.PRNGKey(i), "train").mask.mean()) for i in range(20)]
+    assert 0.3 < np.mean(masks) < 0.5
+
+
+def test_delta_rule_learns_and_zero_rule_does_not():
+    """A local delta rule (err*pre) on the output layer learns digits well above chance."""
+    fam = tasks.make("digits", network=NET | {"feedback": "none"}, epochs=3)
+    rule = rules.polynomial(("err*pre",))
+    learned = backends.evaluate_genome(fam, rule, jnp.array([0.5]), 40)["accuracy"]
+    frozen = backends.evaluate_genome(fam, rule, jnp.array([0.0]), 40)["accuracy"]
+    assert np.mean(learned) > 0.5 > np.mean(frozen) + 0.15
+
+
+def test_backprop_baseline_trains_and_is_tuned():
+    fam = tasks.make("digits", network=NET, epochs=2)
+    keys = tasks.test_instance_keys(20)
+    tasks_ = [fam.sample(k, "test") for k in keys[:20]]
+    untrained = np.mean([float(fam.query(fam.network.init(t.weight_key).ws, t)[0]) for t in tasks_])
+    sgd = np.mean([float(tasks.backprop_step(fam, optax.sgd(0.1), None, t)[0]) for t in tasks_])
+    assert sgd < 0.7 * untrained
+    lr = baselines.tune_learning_rate(fam, "sgd", instances=8)
+    assert lr in baselines.LEARNING_RATES
+    tuned = baselines.evaluate_backprop(fam, "sgd", 20)
+    assert np.isclose(float(tuned["lr"][0]), lr)
+    worst = baselines._losses(fam, "sgd", [baselines.LEARNING_RATES[0]], keys, "test")[0]
+    assert np.mean(tuned["loss"]) < np.mean(np.asarray(worst))
+
+
+def test_per_layer_polynomial():
+    cfg = config.parse(
+        {
+            "task": {"name": "sinusoid"},
+            "network": NET,
+            "rule": {"name": "polynomial", "per_layer": True, "terms": ["err*pre", "w"]},
+        }  # fmt: skip
+    )
+    exp = build(cfg)
+    assert np.shape(exp.genome_template) == (2, 2)
+    assert "layer 1:" in exp.rule.describe(jnp.ones((2, 2)))
+    with pytest.raises(ConfigError, match="rule.per_layer"):
+        build(config.parse({"rule": {"name": "polynomial", "per_layer": True}}))
