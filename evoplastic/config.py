@@ -136,6 +136,7 @@ class NetworkConfig:
     w_init_std: float = 1.0
     w_clip: float = 0.0
     feedback: str = "none"
+    learn_init: bool = False  # meta-learn the initial weights too (layered networks)
 
 
 @dataclasses.dataclass(frozen=True)

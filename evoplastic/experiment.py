@@ -93,6 +93,11 @@ def build(cfg: Config) -> Experiment:
         raise ConfigError(f"rule.terms: {err}") from None
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if cfg.network.learn_init:
+        shapes = getattr(family.network, "shapes", None)
+        if not shapes:
+            raise ConfigError("network.learn_init: needs a task with a layered network")
+        rule = rules.with_learned_init(rule, shapes, cfg.network.w_init_std)
     template = rule.init(jax.random.PRNGKey(0))
     if rule.num_params() == 0:
         raise ConfigError(

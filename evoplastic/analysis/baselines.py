@@ -24,29 +24,36 @@ def supports_backprop(family) -> bool:
     return hasattr(family, "_stream") and hasattr(family, "query")
 
 
-def _losses(family, optimizer_name, lrs, keys, split):
+def _losses(family, optimizer_name, lrs, keys, split, init_ws=None):
     factory = getattr(optax, optimizer_name)
 
     def one(lr, key):
-        return backprop_step(family, factory(lr), None, family.sample(key, split))
+        return backprop_step(family, factory(lr), init_ws, family.sample(key, split))
 
     return jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))(
         jnp.asarray(lrs), keys
     )
 
 
-def tune_learning_rate(family, optimizer_name: str, instances: int = 32, lrs=LEARNING_RATES):
+def tune_learning_rate(
+    family, optimizer_name: str, instances: int = 32, lrs=LEARNING_RATES, init_ws=None
+):
     """The learning rate with the lowest mean query loss on meta-train instances."""
     base = jax.random.PRNGKey(TUNE_SEED)
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(instances))
-    loss, _ = _losses(family, optimizer_name, lrs, keys, "train")
+    loss, _ = _losses(family, optimizer_name, lrs, keys, "train", init_ws)
     loss = np.asarray(loss)
     mean = np.where(np.isfinite(loss).all(axis=1), loss.mean(axis=1), np.inf)
     return float(lrs[int(np.argmin(mean))])
 
 
-def evaluate_backprop(family, optimizer_name: str, instances: int) -> dict:
-    """Held-out loss and metrics of the tuned optimizer; ``lr`` holds the tuned rate."""
-    lr = tune_learning_rate(family, optimizer_name)
-    loss, metrics = _losses(family, optimizer_name, [lr], test_instance_keys(instances), "test")
+def evaluate_backprop(family, optimizer_name: str, instances: int, init_ws=None) -> dict:
+    """Held-out loss and metrics of the tuned optimizer; ``lr`` holds the tuned rate.
+
+    ``init_ws``: start from these weights (a meta-learned initialization, so that backprop
+    starts where the plastic network does) instead of each instance's random ones.
+    """
+    lr = tune_learning_rate(family, optimizer_name, init_ws=init_ws)
+    keys = test_instance_keys(instances)
+    loss, metrics = _losses(family, optimizer_name, [lr], keys, "test", init_ws)
     return {"loss": loss[0], **{k: v[0] for k, v in metrics.items()}, "lr": np.array([lr])}

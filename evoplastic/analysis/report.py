@@ -73,8 +73,9 @@ def evaluate_final(exp, genome, instances: int, baselines=BASELINES) -> dict:
             raw = evaluate_genome(family, rule, g, instances)
             results[vname][cname] = {k: summarize(v) for k, v in raw.items()}
         if supports_backprop(family):
+            init_ws = exp.rule.weights(genome) if exp.rule.weights is not None else None
             for opt in ("sgd", "adam"):
-                raw = evaluate_backprop(family, opt, instances)
+                raw = evaluate_backprop(family, opt, instances, init_ws)
                 results[vname][opt] = {k: summarize(v) for k, v in raw.items()}
     return results
 

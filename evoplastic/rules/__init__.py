@@ -1,6 +1,6 @@
 """Plasticity rules: pure ``init``/``update`` pairs, and a registry to make them by name."""
 
-from .base import SIGNAL_NAMES, Rule, Signals
+from .base import SIGNAL_NAMES, Rule, Signals, with_learned_init
 from .hebbian import COEFFICIENTS, abcd, static
 from .mlp import mlp
 from .polynomial import (
@@ -36,6 +36,7 @@ __all__ = [
     "abcd",
     "mlp",
     "static",
+    "with_learned_init",
     "DEFAULT_TERMS",
     "REFERENCE_RULES",
     "RULES",

@@ -87,3 +87,30 @@ class Rule:
         """Number of evolvable numbers in this rule's genome."""
         leaves = jax.tree.leaves(self.init(jax.random.PRNGKey(0)))
         return int(sum(leaf.size for leaf in leaves))
+
+
+def with_learned_init(rule: Rule, shapes: tuple[tuple[int, int], ...], scale: float = 1.0) -> Rule:
+    """The same rule with the network's initial weights added to the genome.
+
+    The genome becomes ``{"rule": <rule genome>, "w0": (W_0, W_1, ...)}``: the outer loop
+    then meta-learns where plasticity starts from as well as the rule (as Lindsey &
+    Litwin-Kumar 2020 and MAML do). Weights still change only through the rule.
+    """
+
+    def init(key: jax.Array) -> Genome:
+        k_rule, k_w = jax.random.split(key)
+        w0 = tuple(
+            scale * jax.random.normal(jax.random.fold_in(k_w, i), s) / jnp.sqrt(s[1])
+            for i, s in enumerate(shapes)
+        )
+        return {"rule": rule.init(k_rule), "w0": w0}
+
+    return dataclasses.replace(
+        rule,
+        init=init,
+        update=lambda g, signals: rule.update(g, signals),
+        describe=lambda g: rule.describe(g["rule"]) + "\n(with meta-learned initial weights)",
+        select=lambda g, layer: rule.select(g["rule"], layer),
+        weights=lambda g: tuple(g["w0"]),
+        terms=(),
+    )

@@ -97,12 +97,13 @@ class _Supervised:
         return self.epochs * self.support_size
 
 
-def backprop_step(family, optimizer, genome_free_ws, task: SupervisedTask):
+def backprop_step(family, optimizer, init_ws, task: SupervisedTask):
     """Train the family's network on the support stream with backprop and ``optimizer``.
 
     Same network, initial weights, examples and number of steps as the plastic inner loop;
     returns the query ``(loss, metrics)``. This is the SGD/Adam baseline (with weight
-    transport: backprop is not local).
+    transport: backprop is not local). ``init_ws`` replaces the instance's random initial
+    weights (e.g. by a meta-learned initialization).
     """
     net = family.network
 
@@ -112,7 +113,7 @@ def backprop_step(family, optimizer, genome_free_ws, task: SupervisedTask):
             return -m * jnp.sum(target * jax.nn.log_softmax(y))
         return m * 0.5 * jnp.sum((y - target) ** 2)
 
-    ws = genome_free_ws if genome_free_ws is not None else net.init(task.weight_key).ws
+    ws = tuple(init_ws) if init_ws is not None else net.init(task.weight_key).ws
     opt_state = optimizer.init(ws)
 
     def body(carry, item):
