@@ -30,6 +30,11 @@ def _fail(message: str):
     raise UserError(message)
 
 
+def _num(value) -> str:
+    """A metric for a progress line; non-finite values are stored as ``None``."""
+    return "nan" if value is None else f"{value:.4g}"
+
+
 class _Plain:
     """Progress as plain lines (when stdout is not a terminal)."""
 
@@ -49,13 +54,13 @@ class _Plain:
         done = g - self.initial
         eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - g)
         line = (
-            f"gen {g:>5}/{self.total}  best {r['best_loss']:.4g}  mean {r['mean_loss']:.4g}"
+            f"gen {g:>5}/{self.total}  best {_num(r['best_loss'])}  mean {_num(r['mean_loss'])}"
             f"  evals/s {r['evals_per_s']:,.0f}  eta {eta:.0f}s"
         )
         if r.get("nonfinite"):
             line += f"  nonfinite {r['nonfinite']}"
         if "test_loss" in r:
-            line += f"  test {r['test_loss']:.4g}"
+            line += f"  test {_num(r['test_loss'])}"
         click.echo(line)
 
     def close(self):
@@ -90,7 +95,8 @@ class _Bar(_Plain):
 
     def update(self, r):
         stats = (
-            f"best {r['best_loss']:.4g} mean {r['mean_loss']:.4g} {r['evals_per_s']:,.0f} evals/s"
+            f"best {_num(r['best_loss'])} mean {_num(r['mean_loss'])}"
+            f" {r['evals_per_s']:,.0f} evals/s"
         )
         if r.get("nonfinite"):
             stats += f" nonfinite {r['nonfinite']}"

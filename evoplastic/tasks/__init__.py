@@ -1,6 +1,13 @@
 """Task families: what a plastic network should learn, with disjoint meta-train/test splits."""
 
-from .base import SPLITS, TEST_SEED, TaskFamily, split_key, test_instance_keys
+from .base import (
+    SPLITS,
+    TEST_SEED,
+    SteppableTaskFamily,
+    TaskFamily,
+    split_key,
+    test_instance_keys,
+)
 from .pca import PCAFamily, PCATask
 
 TASKS = {"pca": PCAFamily}
@@ -17,6 +24,7 @@ __all__ = [
     "TEST_SEED",
     "PCAFamily",
     "PCATask",
+    "SteppableTaskFamily",
     "TaskFamily",
     "make",
     "split_key",
