@@ -64,7 +64,8 @@ def make_optimizer(spec: dict, clip_norm: float) -> optax.GradientTransformation
     try:
         tx = _make(spec)
     except StrategyError as err:
-        raise StrategyError(err.field.replace("strategy.", "meta.gradient."), str(err)) from None
+        message = str(err).removeprefix(f"{err.field}: ")
+        raise StrategyError(err.field.replace("strategy.", "meta.gradient."), message) from None
     return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm > 0 else tx
 
 
@@ -151,7 +152,7 @@ class GradientMeta:
             (loss, (task_metrics, inner)), grad = grad_fn(
                 state.genome, tasks, inner, seg * length, length
             )
-            grad_norm = optax.global_norm(grad)
+            grad_norm = optax.tree.norm(grad)
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             updates, opt_state = self.optimizer.update(grad, state.opt_state, state.genome)
             genome = optax.apply_updates(state.genome, updates)
