@@ -1,6 +1,5 @@
 """The gradient meta-optimizer and the truncated evolution strategies."""
 
-import dataclasses
 import json
 import signal
 from pathlib import Path
