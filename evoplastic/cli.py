@@ -356,11 +356,17 @@ def list_():
 @cli.command()
 @click.option("--quick", is_flag=True, help="Fewer repetitions.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write JSON here.")
-def bench(quick, json_path):
+@click.option(
+    "--memory",
+    is_flag=True,
+    help="Also measure the meta-gradient's memory against unroll length (100 to 10,000 steps)"
+    " with and without checkpointing.",
+)
+def bench(quick, json_path, memory):
     """Time the toolkit's generation step against a minimal hand-written loop."""
     from .bench import run_bench
 
-    results = run_bench(quick=quick, echo=click.echo)
+    results = run_bench(quick=quick, echo=click.echo, memory=memory)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
 
