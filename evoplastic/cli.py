@@ -201,7 +201,7 @@ def _default_run_dir(name: str) -> Path:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="evoplastic")
 def cli():
-    """evoplastic: discover plasticity rules by evolution strategies."""
+    """evoplastic: discover plasticity rules by evolution strategies or backprop."""
 
 
 @cli.command()
@@ -350,6 +350,8 @@ def list_():
     click.echo("signals:    " + ", ".join(rules.SIGNAL_NAMES) + "  (terms: products like post^2*w)")
     click.echo("tasks:      " + ", ".join(tasks.TASKS))
     click.echo("strategies: " + ", ".join(meta.STRATEGIES))
+    click.echo("truncated:  " + ", ".join(meta.TRUNCATED_STRATEGIES) + "  (meta.truncation > 0)")
+    click.echo("meta:       es, gradient  (meta.optimizer)")
     click.echo("backends:   local")
 
 
