@@ -12,7 +12,15 @@ Everything is measured in one process, side by side:
 * the machine's own limits: FLOP/s of a large matmul and the bandwidth of a streaming
   kernel, and the fraction of the relevant roofline that the multi-layer Hebbian inner
   loop reaches (FLOPs and bytes counted by hand per synapse and step, stated below);
-* scaling: per-generation time at population 64, 256 and 1024.
+* scaling: per-generation time at population 64, 256 and 1024;
+* with ``--memory``, the memory of the meta-gradient (``jax.grad`` of the unrolled pca
+  inner loop with respect to the genome) at several unroll lengths, for each checkpointing
+  policy of :func:`evoplastic.meta.unroll.unroll`. The figures come from XLA's compiled
+  memory analysis (``jax.jit(f).lower(...).compile().memory_analysis()``), not from a
+  process measurement: ``temp`` is the working memory XLA allocates for the gradient (the
+  saved residuals of the backward pass and scratch buffers), ``args`` the inputs, dominated
+  by the instance's input stream (``4 * dim * steps`` bytes, the data itself). ``growth``
+  is the ratio of ``temp`` to the shortest unroll's.
 """
 
 from __future__ import annotations
@@ -319,8 +327,84 @@ def _fmt(r: dict) -> str:
     return text
 
 
-def run_bench(quick: bool = False, echo=print, scaling: bool = True) -> dict:
-    """Run the whole benchmark; results are printed through ``echo`` and returned."""
+MEMORY_LENGTHS = (100, 1000, 10000)
+
+
+def meta_gradient_memory(steps: int, remat: str, dim: int = 8) -> dict:
+    """XLA's memory analysis of the pca meta-gradient for an unroll of ``steps`` steps."""
+    from .meta.unroll import unroll_instance
+    from .rules import make as make_rule
+    from .tasks import make as make_task
+
+    family = make_task("pca", dim=dim, steps=steps)
+    rule = make_rule("polynomial")
+    task = family.sample(jax.random.PRNGKey(0), "train")
+    genome = rule.init(jax.random.PRNGKey(0))
+
+    def loss(genome, task):
+        state = family.init_inner(task)
+        return unroll_instance(family, rule, genome, task, state, 0, steps, remat)[0]
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.grad(loss)).lower(genome, task).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(genome, task))
+    run_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    return {
+        "steps": steps,
+        "remat": remat,
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "compile_s": compile_s,
+        "run_s": run_s,
+    }
+
+
+def bench_memory(lengths=MEMORY_LENGTHS, echo=print) -> list[dict]:
+    """Meta-gradient memory at each unroll length, for every checkpointing policy."""
+    from .meta.unroll import REMAT, nested_shape
+
+    echo(
+        "meta-gradient memory (XLA compiled memory analysis; temp = residuals + scratch,"
+        " args = inputs incl. the input stream)"
+    )
+    rows = []
+    for remat in REMAT:
+        base = None
+        for steps in lengths:
+            r = meta_gradient_memory(steps, remat)
+            base = base or r["temp_bytes"]
+            r["growth"] = r["temp_bytes"] / base
+            rows.append(r)
+            levels, branching = nested_shape(steps)
+            shape = f"levels x branching {levels} x {branching}" if remat == "nested" else ""
+            echo(
+                f"  remat {remat:>6}  steps {steps:>6}  temp {r['temp_bytes'] / 1024:9.1f} KiB"
+                f"  (x{r['growth']:6.2f})  args {r['argument_bytes'] / 1024:8.1f} KiB"
+                f"  grad {r['run_s'] * 1e3:8.1f} ms  {shape}"
+            )
+    for steps in lengths:
+        by = {r["remat"]: r["temp_bytes"] for r in rows if r["steps"] == steps}
+        echo(
+            f"  steps {steps:>6}: none / nested = {by['none'] / by['nested']:6.1f}x,"
+            f" step / nested = {by['step'] / by['nested']:6.1f}x"
+        )
+    return rows
+
+
+def run_bench(quick: bool = False, echo=print, scaling: bool = True, memory: bool = False) -> dict:
+    """Run the whole benchmark; results are printed through ``echo`` and returned.
+
+    Args:
+      quick: fewer repetitions of the generation timing.
+      echo: where to print.
+      scaling: also time populations 64, 256 and 1024.
+      memory: also measure the meta-gradient's memory against unroll length
+        (:func:`bench_memory`; compiles 9 gradients, about a minute on 2 cores).
+    """
     reps = 5 if quick else 15
     device = jax.devices()[0]
     echo(f"evoplastic bench on {device.device_kind} ({jax.default_backend()}), {reps} generations")
@@ -360,6 +444,8 @@ def run_bench(quick: bool = False, echo=print, scaling: bool = True) -> dict:
                 + f"  (256 -> 1024: {times[1024] / times[256]:.2f}x)"
             )
         out["scaling"] = rows
+    if memory:
+        out["memory"] = bench_memory(echo=echo)
     return out
 
 

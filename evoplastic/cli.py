@@ -30,6 +30,11 @@ def _fail(message: str):
     raise UserError(message)
 
 
+def _num(value) -> str:
+    """A metric for a progress line; non-finite values are stored as ``None``."""
+    return "nan" if value is None else f"{value:.4g}"
+
+
 class _Plain:
     """Progress as plain lines (when stdout is not a terminal)."""
 
@@ -49,13 +54,13 @@ class _Plain:
         done = g - self.initial
         eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.total - g)
         line = (
-            f"gen {g:>5}/{self.total}  best {r['best_loss']:.4g}  mean {r['mean_loss']:.4g}"
+            f"gen {g:>5}/{self.total}  best {_num(r['best_loss'])}  mean {_num(r['mean_loss'])}"
             f"  evals/s {r['evals_per_s']:,.0f}  eta {eta:.0f}s"
         )
         if r.get("nonfinite"):
             line += f"  nonfinite {r['nonfinite']}"
         if "test_loss" in r:
-            line += f"  test {r['test_loss']:.4g}"
+            line += f"  test {_num(r['test_loss'])}"
         click.echo(line)
 
     def close(self):
@@ -90,7 +95,8 @@ class _Bar(_Plain):
 
     def update(self, r):
         stats = (
-            f"best {r['best_loss']:.4g} mean {r['mean_loss']:.4g} {r['evals_per_s']:,.0f} evals/s"
+            f"best {_num(r['best_loss'])} mean {_num(r['mean_loss'])}"
+            f" {r['evals_per_s']:,.0f} evals/s"
         )
         if r.get("nonfinite"):
             stats += f" nonfinite {r['nonfinite']}"
@@ -224,7 +230,7 @@ def _default_run_dir(name: str) -> Path:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="evoplastic")
 def cli():
-    """evoplastic: discover plasticity rules by evolution strategies."""
+    """evoplastic: discover plasticity rules by evolution strategies or backprop."""
 
 
 @cli.command()
@@ -409,17 +415,26 @@ def list_():
     click.echo("signals:    " + ", ".join(rules.SIGNAL_NAMES) + "  (terms: products like post^2*w)")
     click.echo("tasks:      " + ", ".join(tasks.TASKS))
     click.echo("strategies: " + ", ".join(meta.STRATEGIES))
+    click.echo("truncated:  " + ", ".join(meta.TRUNCATED_STRATEGIES) + "  (meta.truncation > 0)")
+    click.echo("meta:       es, gradient  (meta.optimizer)")
     click.echo("backends:   local")
 
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="Fewer repetitions.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write JSON here.")
-def bench(quick, json_path):
-    """Time the toolkit's generation step against a minimal hand-written loop."""
+@click.option(
+    "--memory",
+    is_flag=True,
+    help="Also measure the meta-gradient's memory against unroll length (100 to 10,000 steps)"
+    " with and without checkpointing.",
+)
+@click.option("--no-scaling", is_flag=True, help="Skip the population-scaling runs.")
+def bench(quick, json_path, memory, no_scaling):
+    """Generation time against a minimal loop, machine limits, roofline and scaling."""
     from .bench import run_bench
 
-    results = run_bench(quick=quick, echo=click.echo)
+    results = run_bench(quick=quick, echo=click.echo, memory=memory, scaling=not no_scaling)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -170,6 +170,28 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GradientConfig:
+    """Options of ``meta.optimizer: gradient`` (backprop through the unrolled inner loop)."""
+
+    optimizer: dict = dataclasses.field(
+        default_factory=lambda: {"name": "adam", "learning_rate": 0.01}
+    )
+    clip_norm: float = 1.0  # clip the meta-gradient to this global norm; 0: no clipping
+    remat: str = "nested"  # none | step | nested (see evoplastic.meta.unroll)
+    init_std: float | None = None  # initial genome = rule.init + init_std * N(0, 1);
+    # None: strategy.std_init, the same distribution an ES samples its first population from
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """The outer loop: ``es`` (evosax, ``strategy`` section) or ``gradient`` (optax)."""
+
+    optimizer: str = "es"
+    truncation: int = 0  # inner steps per generation (a truncated unroll); 0: the whole loop
+    gradient: GradientConfig = dataclasses.field(default_factory=GradientConfig)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole experiment. ``task`` and ``rule`` are ``{"name": ..., **params}`` mappings."""
 
@@ -184,6 +206,7 @@ class Config:
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     test: TestConfig = dataclasses.field(default_factory=TestConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -262,9 +285,53 @@ def parse(data: Any) -> Config:
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             if key in ("dim", "steps", "scale_min", "scale_max"):
                 raise ConfigError(f"task.{key}: must be > 0, got {value}")
+    _check_meta(cfg, task_params)
     return dataclasses.replace(
         cfg, task={"name": task_name, **task_params}, rule={"name": rule_name, **rule_params}
     )
+
+
+META_OPTIMIZERS = ("es", "gradient")
+
+
+def _check_meta(cfg: Config, task_params: dict) -> None:
+    """The ``meta`` section, and how it fits the strategy and the task."""
+    from .meta.strategies import TRUNCATED_STRATEGIES
+    from .meta.unroll import REMAT
+
+    m = cfg.meta
+    if m.optimizer not in META_OPTIMIZERS:
+        raise ConfigError(
+            f"meta.optimizer: unknown meta-optimizer {m.optimizer!r}"
+            f"{_suggest(m.optimizer, META_OPTIMIZERS)} (one of {', '.join(META_OPTIMIZERS)})"
+        )
+    _positive("meta.truncation", m.truncation, strict=False)
+    steps = task_params.get("steps")
+    if m.truncation and isinstance(steps, int) and steps % m.truncation:
+        raise ConfigError(f"meta.truncation: must divide task.steps ({steps}), got {m.truncation}")
+    g = m.gradient
+    _positive("meta.gradient.clip_norm", g.clip_norm, strict=False)
+    if g.init_std is not None:
+        _positive("meta.gradient.init_std", g.init_std, strict=False)
+    if g.remat not in REMAT:
+        raise ConfigError(
+            f"meta.gradient.remat: unknown policy {g.remat!r}{_suggest(g.remat, REMAT)}"
+            f" (one of {', '.join(REMAT)})"
+        )
+    if not isinstance(g.optimizer.get("name"), str):
+        raise ConfigError("meta.gradient.optimizer.name: required (an optax optimizer, e.g. adam)")
+    truncated_es = cfg.strategy.name in TRUNCATED_STRATEGIES
+    if m.optimizer == "es" and truncated_es and not m.truncation:
+        raise ConfigError(
+            f"meta.truncation: strategy {cfg.strategy.name!r} runs over truncated unrolls;"
+            " set meta.truncation to the inner steps per generation (> 0)"
+        )
+    if m.optimizer == "es" and m.truncation and not truncated_es:
+        raise ConfigError(
+            f"meta.truncation: strategy {cfg.strategy.name!r} needs whole unrolls (0);"
+            f" truncated unrolls work with {' or '.join(TRUNCATED_STRATEGIES)}"
+            " or meta.optimizer: gradient"
+        )
 
 
 def set_override(data: dict, assignment: str) -> dict:

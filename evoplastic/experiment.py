@@ -16,6 +16,9 @@ import jax.flatten_util
 
 from . import backends, meta, rules, tasks
 from .config import Config, ConfigError
+from .meta.gradient import GradientMeta
+from .meta.gradient import make_optimizer as make_gradient_optimizer
+from .meta.truncated import TruncatedES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Experiment:
     strategy: Any
     es_params: Any
     genome_template: Any
+    outer: Any = None  # GradientMeta or TruncatedES; None: the plain ES of ``strategy``
 
     def family_variant(self, **overrides):
         """The same task family with some task parameters changed (e.g. ``dim=40``)."""
@@ -39,6 +43,8 @@ class Experiment:
         return backends.task_fitness(self.family, self.rule, self.config.evaluation.instances)
 
     def generation_step(self):
+        if self.outer is not None:
+            return self.outer.generation_step()
         return backends.make_generation_step(
             self.strategy,
             self.es_params,
@@ -47,12 +53,17 @@ class Experiment:
         )
 
     def init_state(self, run_key: jax.Array):
-        """The strategy state before generation 0; its mean is the rule's ``init``."""
+        """The meta-state before generation 0 (for an ES, a strategy state with mean ``init``)."""
+        if self.outer is not None:
+            return self.outer.init_state(run_key)
         k_rule, k_es = jax.random.split(jax.random.fold_in(run_key, 2**31 - 1))
         mean = self.rule.init(k_rule)
         return backends.strong_types(self.strategy.init(k_es, mean, self.es_params))
 
     def mean_genome(self, state):
+        """The genome a run reports: the search mean (ES) or the current genome (gradient)."""
+        if self.outer is not None:
+            return self.outer.mean_genome(state)
         return self.strategy.get_mean(state)
 
     def flat_genome(self, genome) -> list[float]:
@@ -64,6 +75,12 @@ class Experiment:
         """Inverse of :meth:`flat_genome`, with the structure of this rule's genome."""
         _, unravel = jax.flatten_util.ravel_pytree(self.genome_template)
         return unravel(jax.numpy.asarray(flat, jax.numpy.float32))
+
+    def evals_per_generation(self) -> int:
+        """Inner loops (or truncations of them) run per generation, for ``evals_per_s``."""
+        if self.outer is not None:
+            return self.outer.evals_per_generation()
+        return self.config.strategy.population_size * self.config.evaluation.instances
 
 
 NEEDS_LAYERS = ("abcd", "static")  # rules whose genome follows the network's layers
@@ -106,6 +123,18 @@ def build(cfg: Config) -> Experiment:
         )
     if rule.terms and len(set(map(rules.canonical, rule.terms))) != len(rule.terms):
         raise ConfigError("rule.terms: the term library lists a term twice")
+    if cfg.meta.optimizer == "gradient" or cfg.meta.truncation:
+        missing = [m for m in ("init_inner", "inner_step", "score") if not hasattr(family, m)]
+        if missing:
+            raise ConfigError(
+                f"task.name: task {cfg.task['name']!r} has no stepwise inner loop"
+                f" ({', '.join(missing)}), which meta.optimizer: gradient and truncated"
+                " unrolls need"
+            )
+    if cfg.meta.optimizer == "gradient":
+        return Experiment(
+            cfg, family, rule, None, None, template, _gradient_outer(cfg, family, rule)
+        )
     try:
         strategy, es_params = meta.make(
             cfg.strategy.name,
@@ -118,4 +147,38 @@ def build(cfg: Config) -> Experiment:
         )
     except meta.StrategyError as err:
         raise ConfigError(str(err)) from None
-    return Experiment(cfg, family, rule, strategy, es_params, template)
+    if not cfg.meta.truncation:
+        return Experiment(cfg, family, rule, strategy, es_params, template)
+    for key in ("T", "K"):
+        if key in cfg.strategy.params:
+            raise ConfigError(
+                f"strategy.params.{key}: set from task.steps and meta.truncation; remove it"
+            )
+    es_params = es_params.replace(T=family.steps, K=cfg.meta.truncation)
+    outer = TruncatedES(
+        family,
+        rule,
+        strategy,
+        es_params,
+        instances=cfg.evaluation.instances,
+        truncation=cfg.meta.truncation,
+        common_instances=cfg.evaluation.common_instances,
+    )
+    return Experiment(cfg, family, rule, strategy, es_params, template, outer)
+
+
+def _gradient_outer(cfg: Config, family, rule) -> GradientMeta:
+    g = cfg.meta.gradient
+    try:
+        optimizer = make_gradient_optimizer(g.optimizer, g.clip_norm)
+    except meta.StrategyError as err:
+        raise ConfigError(str(err)) from None
+    return GradientMeta(
+        family,
+        rule,
+        optimizer,
+        instances=cfg.evaluation.instances,
+        init_std=cfg.strategy.std_init if g.init_std is None else g.init_std,
+        truncation=cfg.meta.truncation,
+        remat=g.remat,
+    )

@@ -176,7 +176,7 @@ def train(
     records = _truncate_metrics(run_dir, start) if resume else []
     step = exp.generation_step()
     evaluator = make_genome_evaluator(exp.family, exp.rule)
-    evals_per_gen = cfg.strategy.population_size * cfg.evaluation.instances
+    evals_per_gen = exp.evals_per_generation()
     end = cfg.generations if stop_after is None else min(cfg.generations, stop_after)
 
     def save(generation, st):

@@ -47,6 +47,13 @@ STRATEGIES = {
     "xnes": "xNES",
 }
 
+# strategies for truncated unrolls (``meta.truncation > 0``): each member keeps its own inner
+# state from one truncation to the next (see evoplastic.meta.truncated)
+TRUNCATED_STRATEGIES = {
+    "noise_reuse_es": "NoiseReuseES",
+    "pes": "PersistentES",
+}
+
 DEFAULT_OPTIMIZER = {"name": "adam", "learning_rate": 0.05}
 
 
@@ -88,7 +95,8 @@ def make(
     """Build an evosax strategy and its params.
 
     Args:
-      name: a key of :data:`STRATEGIES` (``"cma_es"``, ``"open_es"``, ``"snes"``, ...).
+      name: a key of :data:`STRATEGIES` (``"cma_es"``, ``"open_es"``, ``"snes"``, ...) or
+        of :data:`TRUNCATED_STRATEGIES` (``"pes"``, ``"noise_reuse_es"``).
       population_size: members per generation.
       solution: a genome pytree whose structure the population takes.
       std_init: initial search scale.
@@ -102,11 +110,10 @@ def make(
     Raises:
       StrategyError: naming the config field at fault.
     """
-    if name not in STRATEGIES:
-        raise StrategyError(
-            "strategy.name", f"unknown strategy {name!r}{_suggest(name, STRATEGIES)}"
-        )
-    cls = _ALGORITHMS[STRATEGIES[name]]
+    registry = STRATEGIES | TRUNCATED_STRATEGIES
+    if name not in registry:
+        raise StrategyError("strategy.name", f"unknown strategy {name!r}{_suggest(name, registry)}")
+    cls = _ALGORITHMS[registry[name]]
     accepted = inspect.signature(cls.__init__).parameters
     kwargs: dict[str, Any] = {}
     for key, value in (options or {}).items():

@@ -1,6 +1,13 @@
 """Task families: what a plastic network should learn, with disjoint meta-train/test splits."""
 
-from .base import SPLITS, TEST_SEED, TaskFamily, split_key, test_instance_keys
+from .base import (
+    SPLITS,
+    TEST_SEED,
+    SteppableTaskFamily,
+    TaskFamily,
+    split_key,
+    test_instance_keys,
+)
 from .control import ENVS, ControlFamily, ControlTask
 from .pca import PCAFamily, PCATask
 from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
@@ -31,6 +38,7 @@ __all__ = [
     "TEST_SEED",
     "PCAFamily",
     "PCATask",
+    "SteppableTaskFamily",
     "TaskFamily",
     "make",
     "split_key",

@@ -43,3 +43,21 @@ class TaskFamily(Protocol):
     def sample(self, key: jax.Array, split: str) -> Any: ...
 
     def inner_loop(self, rule, genome, task, key: jax.Array) -> tuple[jax.Array, dict]: ...
+
+
+class SteppableTaskFamily(TaskFamily, Protocol):
+    """A family whose inner loop can be run a slice at a time (truncated unrolls).
+
+    ``inner_loop(rule, genome, task, key)`` must equal ``init_inner``, then ``inner_step``
+    for ``t = 0 .. steps - 1``, then ``score``. The gradient meta-optimizer and the
+    truncated evolution strategies (:mod:`evoplastic.meta`) need this API; the plain
+    evolution strategies need only ``inner_loop``.
+    """
+
+    steps: int
+
+    def init_inner(self, task, key: jax.Array | None = None) -> Any: ...
+
+    def inner_step(self, rule, genome, task, state, t) -> Any: ...
+
+    def score(self, task, state) -> tuple[jax.Array, dict]: ...

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ..networks.rate import RateNetwork
+from ..networks.rate import RateNetwork, RateState
 from .base import split_key
 
 
@@ -87,8 +87,26 @@ class PCAFamily:
 
     def inner_loop(self, rule, genome, task: PCATask, key: jax.Array | None = None):
         del key  # the instance carries all of its randomness
-        state = self.network.init_from(task.w0)
+        state = self.init_inner(task)
         state, _ = self.network.run(state, task.xs, rule, genome)
+        return self.score(task, state)
+
+    # The stepwise inner-loop API (truncated unrolls, checkpointed meta-gradients). The
+    # inner loop above equals ``init_inner``, ``inner_step`` for t = 0 .. steps - 1, and
+    # ``score``; tests/test_unroll.py checks that they agree.
+
+    def init_inner(self, task: PCATask, key: jax.Array | None = None) -> RateState:
+        """The network state before step 0 of an instance."""
+        del key
+        return self.network.init_from(task.w0)
+
+    def inner_step(self, rule, genome, task: PCATask, state: RateState, t) -> RateState:
+        """Step ``t`` of the inner loop (``t`` may be traced): learn from input ``xs[t]``."""
+        state, _ = self.network.step(state, task.xs[t], rule, genome)
+        return state
+
+    def score(self, task: PCATask, state: RateState):
+        """``(loss, metrics)`` of a network state; the inner loop's loss at its last step."""
         w = state.w[0]
         norm = jnp.linalg.norm(w)
         alignment = jnp.abs(w @ task.pc1) / norm
