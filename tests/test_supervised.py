@@ -89,3 +89,28 @@ def test_per_layer_polynomial():
     assert "layer 1:" in exp.rule.describe(jnp.ones((2, 2)))
     with pytest.raises(ConfigError, match="rule.per_layer"):
         build(config.parse({"rule": {"name": "polynomial", "per_layer": True}}))
+
+
+def test_learned_initial_weights_are_used_by_rule_and_backprop():
+    cfg = config.parse(
+        {
+            "task": {"name": "digits", "epochs": 1},
+            "network": NET | {"learn_init": True},
+            "rule": {"name": "polynomial", "per_layer": True, "terms": ["err*pre"]},
+        }  # fmt: skip
+    )
+    exp = build(cfg)
+    g = exp.genome_template
+    assert set(g) == {"rule", "w0"} and [w.shape for w in g["w0"]] == [(16, 64), (5, 16)]
+    # with a zero rule the network never changes: its query loss is that of w0 itself
+    frozen = {"rule": jnp.zeros_like(g["rule"]), "w0": g["w0"]}
+    task = exp.family.sample(jax.random.PRNGKey(0), "test")
+    loss, _ = exp.family.inner_loop(exp.rule, frozen, task)
+    np.testing.assert_allclose(loss, exp.family.query(g["w0"], task)[0], rtol=1e-6)
+    # backprop with learning rate 0 keeps exactly the same initial weights
+    sgd0 = tasks.backprop_step(exp.family, optax.sgd(0.0), g["w0"], task)[0]
+    np.testing.assert_allclose(sgd0, loss, rtol=1e-6)
+    flat = exp.flat_genome(g)
+    assert len(flat) == 2 + 16 * 64 + 5 * 16
+    back = exp.unflatten_genome(flat)
+    np.testing.assert_array_equal(back["w0"][1], g["w0"][1])
