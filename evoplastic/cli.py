@@ -154,14 +154,45 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     click.echo(f"run directory: {run_dir}")
 
 
+def _with_backend(cfg, backend, address):
+    """``cfg`` with the CLI's ``--backend``/``--address`` (an address implies ``ray``)."""
+    import dataclasses
+
+    if address:
+        backend = backend or "ray"
+        if backend != "ray":
+            _fail("--address needs --backend ray")
+        cfg = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, address=address))
+    if backend:
+        cfg = dataclasses.replace(cfg, backend=backend)
+    return cfg
+
+
+def _backend_options(f):
+    f = click.option(
+        "--address",
+        help="Ray cluster address (HOST:PORT, ray://HOST:10001 or auto); implies --backend ray.",
+    )(f)
+    return click.option(
+        "--backend",
+        type=click.Choice(["local", "ray"]),
+        help="Where to evaluate (default: the config's `backend`, local).",
+    )(f)
+
+
 def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
+    from .backends import BackendError, open_step
     from .trainer import Interrupted, ResumeError, finalize, read_metrics, train
 
     _sigterm_as_interrupt()
+    reporter = _reporter(quiet)
     try:
-        result = train(exp, run_dir, reporter=_reporter(quiet), resume=resume)
+        with open_step(exp, warn=reporter.warn) as step:
+            result = train(exp, run_dir, reporter=reporter, resume=resume, step=step)
     except ResumeError as err:
         _fail(str(err))
+    except BackendError as err:
+        _fail(f"{err}; the last checkpoint is intact. Resume with: evoplastic resume {run_dir}")
     except Interrupted as stop:
         click.echo(
             f"\ninterrupted after generation {stop.generation}; checkpoint saved."
@@ -204,9 +235,10 @@ def cli():
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (must not exist).")
 @click.option("--seed", type=int, help="Seed (overrides the config's).")
 @click.option("--quiet", is_flag=True, help="No progress and no summary.")
-def run(config_path, overrides, out, seed, quiet):
+@_backend_options
+def run(config_path, overrides, out, seed, quiet, backend, address):
     """Run the experiment in CONFIG (a YAML file), with optional KEY=VALUE overrides."""
-    cfg = _load_config(config_path, overrides, seed)
+    cfg = _with_backend(_load_config(config_path, overrides, seed), backend, address)
     exp = _build(cfg)
     run_dir = out or _default_run_dir(cfg.name)
     if run_dir.exists():
@@ -231,11 +263,12 @@ def _run_dir_config(run_dir: Path):
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress and no summary.")
-def resume(run_dir, quiet):
-    """Continue an interrupted run from its newest intact checkpoint."""
+@_backend_options
+def resume(run_dir, quiet, backend, address):
+    """Continue an interrupted run from its newest intact checkpoint (on either backend)."""
     from .checkpoint import list_checkpoints
 
-    exp = _build(_run_dir_config(run_dir))
+    exp = _build(_with_backend(_run_dir_config(run_dir), backend, address))
     if not list_checkpoints(run_dir / "checkpoints"):
         click.echo("warning: no checkpoint yet; starting again from generation 0", err=True)
     _train_and_finish(exp, run_dir, resume=True, quiet=quiet)
@@ -344,7 +377,7 @@ def list_():
     click.echo("signals:    " + ", ".join(rules.SIGNAL_NAMES) + "  (terms: products like post^2*w)")
     click.echo("tasks:      " + ", ".join(tasks.TASKS))
     click.echo("strategies: " + ", ".join(meta.STRATEGIES))
-    click.echo("backends:   local")
+    click.echo("backends:   local, ray")
 
 
 @cli.command()
