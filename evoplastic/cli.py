@@ -168,6 +168,18 @@ def _with_backend(cfg, backend, address):
     return cfg
 
 
+def _check_cluster(cfg):
+    """Fail early (before a run directory exists) if the Ray address does not answer."""
+    if cfg.backend == "ray" and cfg.ray.address:
+        from .backends import BackendError
+        from .backends.ray_backend import check_reachable
+
+        try:
+            check_reachable(cfg.ray.address)
+        except BackendError as err:
+            _fail(str(err))
+
+
 def _backend_options(f):
     f = click.option(
         "--address",
@@ -240,6 +252,7 @@ def run(config_path, overrides, out, seed, quiet, backend, address):
     """Run the experiment in CONFIG (a YAML file), with optional KEY=VALUE overrides."""
     cfg = _with_backend(_load_config(config_path, overrides, seed), backend, address)
     exp = _build(cfg)
+    _check_cluster(cfg)
     run_dir = out or _default_run_dir(cfg.name)
     if run_dir.exists():
         _fail(f"run directory {str(run_dir)!r} already exists (choose another --out)")

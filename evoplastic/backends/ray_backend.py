@@ -57,7 +57,8 @@ class Worker:
     def ready(self) -> dict:
         return {"pid": os.getpid(), "warm_up_s": self.warm_up_s, "device": str(jax.devices()[0])}
 
-    def evaluate(self, state, run_key, generation, shard, token):
+    def evaluate(self, payload, generation, shard, token):
+        state, run_key = payload  # one object per generation, shared by its shards
         return self.evaluator.evaluate(state, run_key, generation, shard, token)
 
 
@@ -150,7 +151,9 @@ class RayStep:
         self.pieces = pieces
         self.shards = pieces.step.shards
         res = resources
-        shared_ref = ray.put(shared)  # large task data: once, not per actor or shard
+        # large task data: put once, not per actor or shard; kept referenced here, since a
+        # restarted actor is constructed again from it
+        self._shared_ref = shared_ref = None if shared is None else ray.put(shared)
         actor_cls = ray.remote(Worker).options(
             num_cpus=res["num_cpus"],
             num_gpus=res["num_gpus"],
@@ -206,7 +209,7 @@ class RayStep:
                 while queue and load[i] < IN_FLIGHT:
                     shard = queue.popleft()
                     args = (int(generation), shard, token)
-                    ref = self.actors[i].evaluate.remote(state_ref, payload[1], *args)
+                    ref = self.actors[i].evaluate.remote(state_ref, *args)
                     sent += len(pickle.dumps(args)) + 28  # + the object reference's id
                     pending[ref] = (shard, i)
                     load[i] += 1
