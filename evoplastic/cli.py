@@ -1,4 +1,4 @@
-"""The ``evoplastic`` command line: run, resume, eval, plot, list, bench.
+"""The ``evoplastic`` command line: run, resume, eval, plot, list, bench, submit, jobs.
 
 Bad input prints one line, ``error: <what is wrong>``, and exits with code 2; nothing is
 written before a config has been fully validated.
@@ -403,6 +403,121 @@ def bench(quick, json_path):
     results = run_bench(quick=quick, echo=click.echo)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _jobs_call(fn, *args, **kwargs):
+    import logging
+
+    import ray.job_submission  # noqa: F401  (its loggers exist once it is imported)
+
+    from .jobs import JobError
+
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no SDK chatter in the CLI output
+    try:
+        return fn(*args, **kwargs)
+    except JobError as err:
+        _fail(str(err))
+
+
+def _report_status(job_id, info):
+    if info["status"] == "FAILED":
+        lines = [line for line in info["message"].strip().splitlines() if line.strip()]
+        _fail(f"job {job_id} failed: {lines[-1].strip() if lines else 'no message'}")
+    click.echo(f"{job_id}  {info['status']}  {info['message']}".rstrip())
+
+
+_ADDRESS = click.option(
+    "--address",
+    envvar="RAY_API_SERVER_ADDRESS",
+    help="Ray dashboard address, http://HEAD:8265 (or $RAY_API_SERVER_ADDRESS).",
+)
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@_ADDRESS
+@click.option("--workers", type=click.IntRange(min=1), help="Ray actors (default: one per GPU).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per actor.")
+@click.option("--out", help="Run directory on the cluster (default ~/evoplastic-runs/<job id>).")
+@click.option(
+    "--project",
+    type=click.Path(path_type=Path),
+    default=".",
+    show_default=True,
+    help="Directory uploaded as the job's working directory (holds CONFIG).",
+)
+@click.option("--wait", is_flag=True, help="Wait for the job and print its logs.")
+def submit(config_path, overrides, address, workers, gpus_per_worker, out, project, wait):
+    """Run CONFIG on a Ray cluster as a job (the project is uploaded as its working dir)."""
+    from . import jobs
+
+    cfg = _load_config(config_path, overrides)
+    _build(cfg)
+    job_id = _jobs_call(
+        jobs.submit,
+        address,
+        Path(config_path),
+        overrides,
+        project=project,
+        out=out,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        name=cfg.name,
+    )
+    click.echo(f"submitted job {job_id}")
+    if wait:
+        info = _jobs_call(jobs.status, address, job_id, wait=True)
+        click.echo(_jobs_call(jobs.logs, address, job_id), nl=False)
+        _report_status(job_id, info)
+
+
+@cli.group(name="jobs")
+def jobs_():
+    """Ray cluster jobs: list, status, logs, stop."""
+
+
+@jobs_.command(name="list")
+@_ADDRESS
+def jobs_list(address):
+    """List the cluster's jobs."""
+    from . import jobs
+
+    for j in _jobs_call(jobs.list_jobs, address):
+        click.echo(f"{j['id']}  {j['status']}  {j['entrypoint']}")
+
+
+@jobs_.command(name="status")
+@click.argument("job_id")
+@_ADDRESS
+@click.option("--wait", is_flag=True, help="Wait until the job has finished.")
+def jobs_status(job_id, address, wait):
+    """A job's status; a failed job is an error (exit 2)."""
+    from . import jobs
+
+    _report_status(job_id, _jobs_call(jobs.status, address, job_id, wait=wait))
+
+
+@jobs_.command(name="logs")
+@click.argument("job_id")
+@_ADDRESS
+def jobs_logs(job_id, address):
+    """Print a job's logs."""
+    from . import jobs
+
+    click.echo(_jobs_call(jobs.logs, address, job_id), nl=False)
+
+
+@jobs_.command(name="stop")
+@click.argument("job_id")
+@_ADDRESS
+def jobs_stop(job_id, address):
+    """Stop a running job."""
+    from . import jobs
+
+    stopped = _jobs_call(jobs.stop, address, job_id)
+    click.echo(f"{job_id}: {'stopping' if stopped else 'not running'}")
 
 
 def main(argv=None):

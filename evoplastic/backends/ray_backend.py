@@ -88,6 +88,7 @@ def connect(address: str | None):
     if ray.is_initialized():
         yield ray
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # set for a Ray job's driver
     if address:
         check_reachable(address)
         try:
