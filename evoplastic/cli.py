@@ -396,11 +396,16 @@ def list_():
 @cli.command()
 @click.option("--quick", is_flag=True, help="Fewer repetitions.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write JSON here.")
-def bench(quick, json_path):
+@click.option("--ray", "with_ray", is_flag=True, help="Also time local vs Ray with 1 and 2 actors.")
+def bench(quick, json_path, with_ray):
     """Time the toolkit's generation step against a minimal hand-written loop."""
     from .bench import run_bench
 
     results = run_bench(quick=quick, echo=click.echo)
+    if with_ray:
+        from .bench_ray import run_ray_bench
+
+        results["ray"] = run_ray_bench(quick=quick, echo=click.echo)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
 
