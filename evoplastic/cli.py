@@ -1,4 +1,4 @@
-"""The ``evoplastic`` command line: run, resume, eval, plot, list, bench.
+"""The ``evoplastic`` command line: run, resume, eval, plot, list, bench, submit, jobs.
 
 Bad input prints one line, ``error: <what is wrong>``, and exits with code 2; nothing is
 written before a config has been fully validated.
@@ -188,15 +188,58 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     click.echo(f"run directory: {run_dir}")
 
 
+def _with_backend(cfg, backend, address):
+    """``cfg`` with the CLI's ``--backend``/``--address`` (an address implies ``ray``)."""
+    import dataclasses
+
+    if address:
+        backend = backend or "ray"
+        if backend != "ray":
+            _fail("--address needs --backend ray")
+        cfg = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, address=address))
+    if backend:
+        cfg = dataclasses.replace(cfg, backend=backend)
+    return cfg
+
+
+def _check_cluster(cfg):
+    """Fail early (before a run directory exists) if the Ray address does not answer."""
+    if cfg.backend == "ray" and cfg.ray.address:
+        from .backends import BackendError
+        from .backends.ray_backend import check_reachable
+
+        try:
+            check_reachable(cfg.ray.address)
+        except BackendError as err:
+            _fail(str(err))
+
+
+def _backend_options(f):
+    f = click.option(
+        "--address",
+        help="Ray cluster address (HOST:PORT, ray://HOST:10001 or auto); implies --backend ray.",
+    )(f)
+    return click.option(
+        "--backend",
+        type=click.Choice(["local", "ray"]),
+        help="Where to evaluate (default: the config's `backend`, local).",
+    )(f)
+
+
 def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
+    from .backends import BackendError, open_step
     from .trainer import Interrupted, ResumeError, finalize, read_metrics, train
 
     _sigterm_as_interrupt()
     enable_compilation_cache()
+    reporter = _reporter(quiet)
     try:
-        result = train(exp, run_dir, reporter=_reporter(quiet), resume=resume)
+        with open_step(exp, warn=reporter.warn) as step:
+            result = train(exp, run_dir, reporter=reporter, resume=resume, step=step)
     except ResumeError as err:
         _fail(str(err))
+    except BackendError as err:
+        _fail(f"{err}; the last checkpoint is intact. Resume with: evoplastic resume {run_dir}")
     except Interrupted as stop:
         click.echo(
             f"\ninterrupted after generation {stop.generation}; checkpoint saved."
@@ -239,10 +282,12 @@ def cli():
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (must not exist).")
 @click.option("--seed", type=int, help="Seed (overrides the config's).")
 @click.option("--quiet", is_flag=True, help="No progress and no summary.")
-def run(config_path, overrides, out, seed, quiet):
+@_backend_options
+def run(config_path, overrides, out, seed, quiet, backend, address):
     """Run the experiment in CONFIG (a YAML file), with optional KEY=VALUE overrides."""
-    cfg = _load_config(config_path, overrides, seed)
+    cfg = _with_backend(_load_config(config_path, overrides, seed), backend, address)
     exp = _build(cfg)
+    _check_cluster(cfg)
     run_dir = out or _default_run_dir(cfg.name)
     if run_dir.exists():
         _fail(f"run directory {str(run_dir)!r} already exists (choose another --out)")
@@ -266,11 +311,12 @@ def _run_dir_config(run_dir: Path):
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress and no summary.")
-def resume(run_dir, quiet):
-    """Continue an interrupted run from its newest intact checkpoint."""
+@_backend_options
+def resume(run_dir, quiet, backend, address):
+    """Continue an interrupted run from its newest intact checkpoint (on either backend)."""
     from .checkpoint import list_checkpoints
 
-    exp = _build(_run_dir_config(run_dir))
+    exp = _build(_with_backend(_run_dir_config(run_dir), backend, address))
     if not list_checkpoints(run_dir / "checkpoints"):
         click.echo("warning: no checkpoint yet; starting again from generation 0", err=True)
     _train_and_finish(exp, run_dir, resume=True, quiet=quiet)
@@ -417,7 +463,7 @@ def list_():
     click.echo("strategies: " + ", ".join(meta.STRATEGIES))
     click.echo("truncated:  " + ", ".join(meta.TRUNCATED_STRATEGIES) + "  (meta.truncation > 0)")
     click.echo("meta:       es, gradient  (meta.optimizer)")
-    click.echo("backends:   local")
+    click.echo("backends:   local, ray")
 
 
 @cli.command()
@@ -430,17 +476,140 @@ def list_():
     " with and without checkpointing.",
 )
 @click.option("--no-scaling", is_flag=True, help="Skip the population-scaling runs.")
-def bench(quick, json_path, memory, no_scaling):
+@click.option("--ray", "with_ray", is_flag=True, help="Also time local vs Ray with 1 and 2 actors.")
+def bench(quick, json_path, memory, no_scaling, with_ray):
     """Generation time against a minimal loop, machine limits, roofline and scaling."""
     from .bench import run_bench
 
     results = run_bench(quick=quick, echo=click.echo, memory=memory, scaling=not no_scaling)
+    if with_ray:
+        from .bench_ray import run_ray_bench
+
+        results["ray"] = run_ray_bench(quick=quick, echo=click.echo)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def _jobs_call(fn, *args, **kwargs):
+    import logging
+
+    import ray.job_submission  # noqa: F401  (its loggers exist once it is imported)
+
+    from .jobs import JobError
+
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no SDK chatter in the CLI output
+    try:
+        return fn(*args, **kwargs)
+    except JobError as err:
+        _fail(str(err))
+
+
+def _report_status(job_id, info):
+    if info["status"] == "FAILED":
+        lines = [line for line in info["message"].strip().splitlines() if line.strip()]
+        _fail(f"job {job_id} failed: {lines[-1].strip() if lines else 'no message'}")
+    click.echo(f"{job_id}  {info['status']}  {info['message']}".rstrip())
+
+
+_ADDRESS = click.option(
+    "--address",
+    envvar="RAY_API_SERVER_ADDRESS",
+    help="Ray dashboard address, http://HEAD:8265 (or $RAY_API_SERVER_ADDRESS).",
+)
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@_ADDRESS
+@click.option("--workers", type=click.IntRange(min=1), help="Ray actors (default: one per GPU).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per actor.")
+@click.option("--out", help="Run directory on the cluster (default ~/evoplastic-runs/<job id>).")
+@click.option(
+    "--project",
+    type=click.Path(path_type=Path),
+    default=".",
+    show_default=True,
+    help="Directory uploaded as the job's working directory (holds CONFIG).",
+)
+@click.option("--wait", is_flag=True, help="Wait for the job and print its logs.")
+def submit(config_path, overrides, address, workers, gpus_per_worker, out, project, wait):
+    """Run CONFIG on a Ray cluster as a job (the project is uploaded as its working dir)."""
+    from . import jobs
+
+    cfg = _load_config(config_path, overrides)
+    _build(cfg)
+    job_id = _jobs_call(
+        jobs.submit,
+        address,
+        Path(config_path),
+        overrides,
+        project=project,
+        out=out,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        name=cfg.name,
+    )
+    click.echo(f"submitted job {job_id}")
+    if wait:
+        info = _jobs_call(jobs.status, address, job_id, wait=True)
+        click.echo(_jobs_call(jobs.logs, address, job_id), nl=False)
+        _report_status(job_id, info)
+
+
+@cli.group(name="jobs")
+def jobs_():
+    """Ray cluster jobs: list, status, logs, stop."""
+
+
+@jobs_.command(name="list")
+@_ADDRESS
+def jobs_list(address):
+    """List the cluster's jobs."""
+    from . import jobs
+
+    for j in _jobs_call(jobs.list_jobs, address):
+        click.echo(f"{j['id']}  {j['status']}  {j['entrypoint']}")
+
+
+@jobs_.command(name="status")
+@click.argument("job_id")
+@_ADDRESS
+@click.option("--wait", is_flag=True, help="Wait until the job has finished.")
+def jobs_status(job_id, address, wait):
+    """A job's status; a failed job is an error (exit 2)."""
+    from . import jobs
+
+    _report_status(job_id, _jobs_call(jobs.status, address, job_id, wait=wait))
+
+
+@jobs_.command(name="logs")
+@click.argument("job_id")
+@_ADDRESS
+def jobs_logs(job_id, address):
+    """Print a job's logs."""
+    from . import jobs
+
+    click.echo(_jobs_call(jobs.logs, address, job_id), nl=False)
+
+
+@jobs_.command(name="stop")
+@click.argument("job_id")
+@_ADDRESS
+def jobs_stop(job_id, address):
+    """Stop a running job."""
+    from . import jobs
+
+    stopped = _jobs_call(jobs.stop, address, job_id)
+    click.echo(f"{job_id}: {'stopping' if stopped else 'not running'}")
+
+
 def main(argv=None):
     """Entry point: click with one-line errors (exit 2) instead of usage dumps."""
+    # Ctrl-C / SIGINT always interrupts a run (with a checkpoint), even where the process
+    # was started with SIGINT ignored, as background jobs of non-interactive shells are
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cli.main(args=argv, standalone_mode=False, prog_name="evoplastic")
     except click.exceptions.Abort:

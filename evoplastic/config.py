@@ -21,6 +21,8 @@ import yaml
 from . import rules, tasks
 from .networks import ACTIVATIONS, FEEDBACK
 
+BACKENDS = ("local", "ray")
+
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names the field and what is wrong."""
@@ -153,6 +155,28 @@ class StrategyConfig:
 class EvaluationConfig:
     instances: int = 8
     common_instances: bool = True
+    shard_size: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RayConfig:
+    """Where and how the Ray backend runs; not part of what a run computes.
+
+    ``address``: a Ray cluster (``HOST:PORT``, ``ray://HOST:10001`` or ``auto``); none starts
+    a local Ray instance. ``workers``: actors (default: one per GPU, else one per CPU).
+    ``gpus_per_worker``: GPUs per actor (default: 1 on a cluster with GPUs, else 0).
+    ``shards_per_worker``: shards per actor when ``evaluation.shard_size`` is not set.
+    ``max_restarts``: restarts of a killed actor. ``compilation_cache``: JAX's persistent
+    compilation cache directory of the actors (empty: none).
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    shards_per_worker: int = 4
+    max_restarts: int = 3
+    startup_timeout_s: float = 300.0
+    compilation_cache: str = "~/.cache/evoplastic/jax"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +231,7 @@ class Config:
     test: TestConfig = dataclasses.field(default_factory=TestConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -248,8 +273,11 @@ def parse(data: Any) -> Config:
     task_name, task_params = _named(cfg.task, "task", tasks.TASKS)
     rule_name, rule_params = _named(cfg.rule, "rule", rules.RULES)
     _positive("generations", cfg.generations)
-    if cfg.backend not in ("local",):
-        raise ConfigError(f"backend: unknown backend {cfg.backend!r} (available: local)")
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(
+            f"backend: unknown backend {cfg.backend!r}{_suggest(cfg.backend, BACKENDS)}"
+            f" (available: {', '.join(BACKENDS)})"
+        )
     for field in ("lr", "w_init_norm"):
         _positive(f"network.{field}", getattr(cfg.network, field))
     _positive("network.lr_decay", cfg.network.lr_decay, strict=False)
@@ -272,6 +300,15 @@ def parse(data: Any) -> Config:
     _positive("strategy.population_size", cfg.strategy.population_size)
     _positive("strategy.std_init", cfg.strategy.std_init)
     _positive("evaluation.instances", cfg.evaluation.instances)
+    if cfg.evaluation.shard_size is not None:
+        _positive("evaluation.shard_size", cfg.evaluation.shard_size)
+    if cfg.ray.workers is not None:
+        _positive("ray.workers", cfg.ray.workers)
+    if cfg.ray.gpus_per_worker is not None:
+        _positive("ray.gpus_per_worker", cfg.ray.gpus_per_worker, strict=False)
+    _positive("ray.shards_per_worker", cfg.ray.shards_per_worker)
+    _positive("ray.max_restarts", cfg.ray.max_restarts, strict=False)
+    _positive("ray.startup_timeout_s", cfg.ray.startup_timeout_s)
     _positive("test.every", cfg.test.every, strict=False)
     _positive("test.instances", cfg.test.instances)
     _positive("test.final_instances", cfg.test.final_instances)
@@ -383,6 +420,20 @@ def dump(cfg: Config) -> str:
     return yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False)
 
 
+def experiment_dump(cfg: Config) -> str:
+    """The config without where it runs (``backend``, ``ray``): what a run computes.
+
+    Both backends compute the same numbers, so a run started on one can be resumed on the
+    other; checkpoints record a digest of this text, not of :func:`dump`.
+    """
+    data = _plain(cfg.to_dict())
+    data.pop("ray")
+    data["backend"] = "local"
+    if data["evaluation"]["shard_size"] is None:  # as written before the field existed
+        del data["evaluation"]["shard_size"]
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -391,4 +442,13 @@ def _plain(value):
     return value
 
 
-__all__ = ["Config", "ConfigError", "dump", "load", "parse", "set_override"]
+__all__ = [
+    "BACKENDS",
+    "Config",
+    "ConfigError",
+    "dump",
+    "experiment_dump",
+    "load",
+    "parse",
+    "set_override",
+]

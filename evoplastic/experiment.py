@@ -50,6 +50,7 @@ class Experiment:
             self.es_params,
             self.fitness(),
             common_instances=self.config.evaluation.common_instances,
+            shard_size=self.config.evaluation.shard_size,
         )
 
     def init_state(self, run_key: jax.Array):

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 
 from . import checkpoint
-from .backends import make_genome_evaluator
-from .config import dump
+from .backends import BackendError, make_genome_evaluator
+from .config import dump, experiment_dump
 from .experiment import Experiment
 from .tasks import test_instance_keys
 
@@ -79,8 +79,12 @@ def _scalar(x) -> float | int | None:
 
 
 def config_digest(cfg) -> str:
-    """A short hash of the resolved config; checkpoints record it, resume checks it."""
-    return hashlib.sha256(dump(cfg).encode()).hexdigest()[:16]
+    """A short hash of what the run computes; checkpoints record it, resume checks it.
+
+    Where the run executes (``backend`` and the ``ray`` section) is left out, so a run can
+    be resumed on either backend.
+    """
+    return hashlib.sha256(experiment_dump(cfg).encode()).hexdigest()[:16]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -139,6 +143,7 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     on_generation: Callable[[int], None] | None = None,
+    step: Callable | None = None,
 ) -> TrainResult:
     """Run (or resume) the generation loop of ``exp`` in ``run_dir``.
 
@@ -149,10 +154,14 @@ def train(
       resume: continue from the newest intact checkpoint (from generation 0 if none).
       stop_after: stop (with a checkpoint) after this generation; for tests and budgets.
       on_generation: called with the number of finished generations (after the log line).
+      step: ``step(state, run_key, generation) -> (state, metrics)``; default the local
+        ``exp.generation_step()`` (the Ray backend passes its own, see
+        :func:`evoplastic.backends.open_step`).
 
     Raises:
       Interrupted: on KeyboardInterrupt, after saving a checkpoint.
       ResumeError: if ``config.yaml`` changed since the checkpoints were written.
+      BackendError: if the backend cannot go on, after saving a checkpoint.
     """
     cfg = exp.config
     reporter = reporter or Reporter()
@@ -174,7 +183,7 @@ def train(
         start = int(payload["generation"])
     # drop metric lines newer than the state we continue from (all of them without one)
     records = _truncate_metrics(run_dir, start) if resume else []
-    step = exp.generation_step()
+    step = step or exp.generation_step()
     evaluator = make_genome_evaluator(exp.family, exp.rule)
     evals_per_gen = exp.evals_per_generation()
     end = cfg.generations if stop_after is None else min(cfg.generations, stop_after)
@@ -224,6 +233,11 @@ def train(
         reporter.close()
         save(done, state)
         raise Interrupted(done) from None
+    except BackendError:
+        metrics_file.close()
+        reporter.close()
+        save(done, state)
+        raise
     metrics_file.close()
     reporter.close()
     return TrainResult(run_dir, exp.mean_genome(state), records, done)

@@ -1,6 +1,14 @@
-"""Evaluation backends. ``local`` (in-process, one compiled generation) is the default."""
+"""Evaluation backends. ``local`` (in process) is the default; ``ray`` spreads shards.
 
+Both run the same compiled pieces (:class:`GenerationStep`), so for the same config and
+seed they produce the same numbers. :func:`open_step` gives the step of either.
+"""
+
+import contextlib
+
+from .errors import BackendError, WorkersLost
 from .local import (
+    GenerationStep,
     evaluate_genome,
     evaluate_population,
     generation_keys,
@@ -8,21 +16,45 @@ from .local import (
     make_genome_evaluator,
     member_keys,
     sanitize,
+    shard_layout,
     strong_types,
     task_fitness,
 )
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray")
+
+
+@contextlib.contextmanager
+def open_step(exp, warn=None):
+    """The generation step of ``exp`` on the backend its config names.
+
+    ``local`` yields ``exp.generation_step()``. ``ray`` connects to ``config.ray.address``
+    (or starts a local Ray instance), starts the actors, yields their step, and stops
+    them (and the instance it started) on exit. Ray is imported only in that case.
+    """
+    if exp.config.backend == "ray":
+        from .ray_backend import open_config_step
+
+        with open_config_step(exp.config, warn=warn) as step:
+            yield step
+    else:
+        yield exp.generation_step()
+
 
 __all__ = [
     "BACKENDS",
+    "BackendError",
+    "GenerationStep",
+    "WorkersLost",
     "evaluate_genome",
     "evaluate_population",
     "generation_keys",
     "make_generation_step",
     "make_genome_evaluator",
     "member_keys",
+    "open_step",
     "sanitize",
     "strong_types",
+    "shard_layout",
     "task_fitness",
 ]

@@ -1,4 +1,7 @@
-"""The local backend: a whole generation (ask, evaluate every member, tell) in one jit.
+"""The local backend: a generation (ask, evaluate every member, tell) in process.
+
+A generation is three compiled functions (:class:`GenerationStep`), which the Ray backend
+shares, so that both backends run the same executables and produce the same bits.
 
 Keys follow DESIGN.md: the generation key is ``fold_in(run_key, generation)``; member
 ``i`` gets ``fold_in(eval_key, i)`` and its instance ``j`` ``fold_in(member_key, j)``.
@@ -14,6 +17,7 @@ they rank last and never reach the strategy state.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -82,28 +86,125 @@ def strong_types(tree):
     return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
 
 
-def make_generation_step(strategy, es_params, fitness: FitnessFn, common_instances: bool = True):
-    """Compile ``step(state, run_key, generation) -> (state, metrics)`` once for a run."""
+def shard_layout(population_size: int, shard_size: int | None) -> tuple[int, int]:
+    """``(shards, shard_size)`` of a generation: the fixed batches members are evaluated in.
 
-    @jax.jit
-    def step(state, run_key, generation):
-        k_ask, k_eval, k_tell = generation_keys(run_key, generation)
-        population, state = strategy.ask(k_ask, state, es_params)
-        raw = evaluate_population(fitness, population, k_eval, common_instances)
-        fit, nonfinite = sanitize(raw)
-        state, _ = strategy.tell(k_tell, population, fit, state, es_params)
-        state = strong_types(state)
-        finite = jnp.isfinite(raw)
-        n_finite = jnp.maximum(jnp.sum(finite), 1)
-        metrics = {
-            "best_loss": jnp.min(fit),
-            "mean_loss": jnp.sum(jnp.where(finite, raw, 0.0)) / n_finite,
-            "median_loss": jnp.median(fit),
-            "nonfinite": nonfinite,
-        }
-        return state, metrics
+    ``shard_size=None`` evaluates the whole population as one batch. Otherwise the
+    population is cut into ``ceil(P / shard_size)`` shards of ``shard_size`` members (the
+    last one padded). The layout depends on the config only, never on the number of
+    workers, because XLA may round the last bit differently for different batch sizes:
+    every backend evaluates the same batches, so every backend gets the same bits.
+    """
+    if shard_size is None or shard_size >= population_size:
+        return 1, population_size
+    return -(-population_size // shard_size), shard_size
 
-    return step
+
+def population_shard(population, shard: jax.Array, shard_size: int, shards: int):
+    """Members ``shard * shard_size ...`` of ``population``, padded to ``shard_size`` rows."""
+
+    def take(x):
+        pad = shards * shard_size - x.shape[0]
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
+        return jax.lax.dynamic_slice_in_dim(x, shard * shard_size, shard_size)
+
+    return jax.tree.map(take, population)
+
+
+def evaluate_shard(fitness, population, eval_key, common_instances, shard, shard_size, shards):
+    """Raw fitness ``[shard_size]`` of one shard (padding rows are evaluated and ignored)."""
+    members = population_shard(population, shard, shard_size, shards)
+    return evaluate_population(
+        fitness, members, eval_key, common_instances, offset=shard * shard_size
+    )
+
+
+def ask_generation(strategy, es_params, state, run_key, generation):
+    """``(population, state)``: the ask of a generation, from its ask key."""
+    k_ask, _, _ = generation_keys(run_key, generation)
+    return strategy.ask(k_ask, state, es_params)
+
+
+def tell_generation(strategy, es_params, state, population, raw, run_key, generation):
+    """Sanitize raw fitness, tell, and return ``(state, metrics)`` of the generation."""
+    _, _, k_tell = generation_keys(run_key, generation)
+    fit, nonfinite = sanitize(raw)
+    state, _ = strategy.tell(k_tell, population, fit, state, es_params)
+    state = strong_types(state)
+    finite = jnp.isfinite(raw)
+    n_finite = jnp.maximum(jnp.sum(finite), 1)
+    metrics = {
+        "best_loss": jnp.min(fit),
+        "mean_loss": jnp.sum(jnp.where(finite, raw, 0.0)) / n_finite,
+        "median_loss": jnp.median(fit),
+        "nonfinite": nonfinite,
+    }
+    return state, metrics
+
+
+class GenerationStep:
+    """``step(state, run_key, generation) -> (state, metrics)``: one generation of a run.
+
+    A generation is three compiled functions, each compiled once per run:
+
+    * ``ask(state, run_key, generation) -> (population, state)``;
+    * ``evaluate(population, run_key, generation, shard) -> raw[shard_size]``, the raw
+      fitness of one shard of the population (the whole population by default);
+    * ``tell(state, population, raw, run_key, generation) -> (state, metrics)``.
+
+    They are separate executables, not one, because every backend must run the *same*
+    executables to get the same bits: XLA fuses a whole-generation program differently
+    from its parts and may round the last bit differently. The Ray backend's workers call
+    this class's ``ask`` and ``evaluate``, and its driver ``ask`` and ``tell``. Calling
+    three executables instead of one costs two dispatches (microseconds) per generation.
+    """
+
+    def __init__(self, strategy, es_params, fitness, common_instances=True, shard_size=None):
+        self.population_size = int(strategy.population_size)
+        self.shards, self.shard_size = shard_layout(self.population_size, shard_size)
+        shards, size = self.shards, self.shard_size
+        self.ask = jax.jit(functools.partial(ask_generation, strategy, es_params))
+        self.tell = jax.jit(functools.partial(tell_generation, strategy, es_params))
+
+        @jax.jit
+        def evaluate(population, run_key, generation, shard):
+            _, k_eval, _ = generation_keys(run_key, generation)
+            return evaluate_shard(
+                fitness, population, k_eval, common_instances, shard, size, shards
+            )
+
+        self.evaluate = evaluate
+
+    def evaluate_all(self, population, run_key, generation) -> jax.Array:
+        """Raw fitness ``[P]`` of the whole population, shard by shard."""
+        if self.shards == 1:
+            return self.evaluate(population, run_key, generation, 0)
+        parts = [self.evaluate(population, run_key, generation, s) for s in range(self.shards)]
+        return jnp.concatenate(parts)[: self.population_size]
+
+    def __call__(self, state, run_key, generation):
+        population, asked = self.ask(state, run_key, generation)
+        raw = self.evaluate_all(population, run_key, generation)
+        return self.tell(asked, population, raw, run_key, generation)
+
+    def _cache_size(self) -> int:
+        """The most compilations of any of the three functions (1 after a clean run)."""
+        return max(f._cache_size() for f in (self.ask, self.evaluate, self.tell))
+
+
+def make_generation_step(
+    strategy,
+    es_params,
+    fitness: FitnessFn,
+    common_instances: bool = True,
+    shard_size: int | None = None,
+) -> GenerationStep:
+    """Compile ``step(state, run_key, generation) -> (state, metrics)`` once for a run.
+
+    ``shard_size`` fixes the batches the population is evaluated in (see
+    :func:`shard_layout`); the Ray backend evaluates the same shards on its workers.
+    """
+    return GenerationStep(strategy, es_params, fitness, common_instances, shard_size)
 
 
 def make_genome_evaluator(family, rule):

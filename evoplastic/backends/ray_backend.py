@@ -1,0 +1,333 @@
+"""The Ray backend: the same generation, its shards evaluated by Ray actors.
+
+One actor per GPU (``num_gpus`` per actor) on a cluster with GPUs, one per CPU otherwise.
+Each actor builds the run's :class:`~evoplastic.backends.local.GenerationStep` once and
+compiles it in its constructor, with JAX's persistent compilation cache, so that an actor
+restarted after a crash loads its executables instead of compiling them.
+
+Per generation the driver ``ray.put`` s the strategy state once; each shard task carries
+only a reference to it, the run key, the generation and the shard index. An actor
+re-derives the population with the same ``ask`` (Salimans et al. 2017, "Evolution
+Strategies as a Scalable Alternative to Reinforcement Learning": ship seeds, not
+parameters), evaluates its shard and returns only fitness values, so the bytes per
+generation do not grow with population x genome size. There are more shards than actors;
+each actor holds at most ``IN_FLIGHT`` of them, and finished shards are collected with
+``ray.wait``, so a slow actor takes fewer shards instead of holding everyone up.
+
+An actor that dies mid-generation loses its shards to the queue; they run on the next
+free actor, and the dead one rejoins once Ray has restarted it (``max_restarts``). Shards
+are pure functions of (state, key, generation, index), so the generation's result does not
+change. When no actor is left, :class:`~evoplastic.backends.errors.WorkersLost` is raised.
+
+Ray is imported here and in :mod:`evoplastic.jobs` only.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import pickle
+import socket
+import time
+from urllib.parse import urlparse
+
+import jax
+import numpy as np
+
+from .errors import BackendError, WorkersLost
+from .sharded import Pieces, ShardEvaluator, config_pieces, sharded_step
+
+IN_FLIGHT = 2  # shards queued on one actor at a time
+
+
+class Worker:
+    """A Ray actor's body: one experiment's compiled ask and shard evaluation."""
+
+    def __init__(self, factory, shared, cache_dir: str | None):
+        if cache_dir:  # this process is ours: configure JAX's persistent cache for it
+            jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        self.evaluator = ShardEvaluator(factory(shared))
+        t0 = time.perf_counter()
+        self.evaluator.warm_up()
+        self.warm_up_s = time.perf_counter() - t0
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "warm_up_s": self.warm_up_s, "device": str(jax.devices()[0])}
+
+    def evaluate(self, payload, generation, shard, token):
+        state, run_key = payload  # one object per generation, shared by its shards
+        return self.evaluator.evaluate(state, run_key, generation, shard, token)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise :class:`BackendError` unless ``host:port`` of ``address`` accepts connections."""
+    if address in ("auto", "local"):
+        return
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    port = url.port or (10001 if url.scheme == "ray" else 6379)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise BackendError(
+            f"cannot reach the Ray cluster at {address!r}: {err.strerror or err}"
+        ) from None
+
+
+@contextlib.contextmanager
+def connect(address: str | None):
+    """Use the running Ray instance, connect to ``address``, or start a local one.
+
+    Only what this function started or connected is shut down on exit.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    address = address or os.environ.get("RAY_ADDRESS")  # set for a Ray job's driver
+    if address:
+        check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError) as err:
+            raise BackendError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
+    else:
+        ray.init(
+            num_cpus=os.cpu_count(),
+            _node_ip_address="127.0.0.1",  # the embedded instance stays on this machine
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def actor_resources(ray, workers: int | None, gpus_per_worker: float | None) -> dict:
+    """``{"workers", "num_cpus", "num_gpus"}`` for the cluster, or :class:`BackendError`."""
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if gpus else 0.0
+    if gpus_per_worker > 0 and not gpus:
+        raise BackendError(
+            f"{gpus_per_worker:g} GPU(s) per worker were asked for, but the Ray cluster has"
+            f" no GPUs ({cpus:g} CPUs); use gpus_per_worker 0 for CPU workers"
+        )
+    if workers is None:
+        workers = int(gpus // gpus_per_worker) if gpus_per_worker else int(cpus)
+    if gpus_per_worker and workers * gpus_per_worker > gpus:
+        raise BackendError(
+            f"{workers} workers x {gpus_per_worker:g} GPU(s) were asked for, but the Ray"
+            f" cluster has {gpus:g} GPU(s)"
+        )
+    return {"workers": max(workers, 1), "num_cpus": 1, "num_gpus": gpus_per_worker}
+
+
+class RayStep:
+    """``step(state, run_key, generation) -> (state, metrics)`` evaluated by Ray actors.
+
+    Use :func:`open_step` rather than this class directly. ``stats`` holds, per
+    generation, the bytes sent (``bytes``) and the seconds spent in dispatch and gathering
+    (``dispatch_s``); ``restarts`` counts the shards that were re-run after an actor died.
+    """
+
+    def __init__(
+        self,
+        ray,
+        pieces: Pieces,
+        factory,
+        shared,
+        resources: dict,
+        max_restarts: int = 3,
+        startup_timeout_s: float = 300.0,
+        compilation_cache: str | None = None,
+    ):
+        self.ray = ray
+        self.pieces = pieces
+        self.shards = pieces.step.shards
+        res = resources
+        # large task data: put once, not per actor or shard; kept referenced here, since a
+        # restarted actor is constructed again from it
+        self._shared_ref = shared_ref = None if shared is None else ray.put(shared)
+        actor_cls = ray.remote(Worker).options(
+            num_cpus=res["num_cpus"],
+            num_gpus=res["num_gpus"],
+            max_restarts=max_restarts,
+            max_task_retries=0,  # lost shards are re-queued here, on any live actor
+        )
+        self.actors = [
+            actor_cls.remote(factory, shared_ref, compilation_cache or None)
+            for _ in range(res["workers"])
+        ]
+        self.info = self._wait_ready(startup_timeout_s)
+        self.stats: list[dict] = []
+        self.restarts = 0
+        self._step = sharded_step(pieces.step, self._evaluate_shards)
+
+    def _wait_ready(self, timeout: float) -> list[dict]:
+        ray = self.ray
+        refs = [a.ready.remote() for a in self.actors]
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if pending:
+            for a in self.actors:
+                ray.kill(a)
+            raise BackendError(
+                f"only {len(done)} of {len(refs)} Ray workers started within {timeout:g} s"
+                f" (cluster resources: {ray.cluster_resources()}); ask for fewer workers"
+            )
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayError as err:
+            for a in self.actors:
+                ray.kill(a)
+            last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise BackendError(f"a Ray worker failed to start: {last}") from None
+
+    def __call__(self, state, run_key, generation):
+        return self._step(state, run_key, generation)
+
+    def _evaluate_shards(self, state, run_key, generation) -> np.ndarray:
+        ray = self.ray
+        t0 = time.perf_counter()
+        payload = (jax.device_get(state), np.asarray(run_key))
+        state_ref = ray.put(payload)
+        token = state_ref.hex()
+        sent = len(pickle.dumps(payload, protocol=5))
+        queue = collections.deque(range(self.shards))
+        load = dict.fromkeys(range(len(self.actors)), 0)  # shards in flight per live actor
+        pending: dict = {}  # ref -> (shard, actor index)
+        probing: dict = {}  # ref of a readiness probe -> actor index
+        results: dict[int, np.ndarray] = {}
+        received = 0
+        while len(results) < self.shards:
+            for i in sorted(load, key=load.get):
+                while queue and load[i] < IN_FLIGHT:
+                    shard = queue.popleft()
+                    args = (int(generation), shard, token)
+                    ref = self.actors[i].evaluate.remote(state_ref, *args)
+                    sent += len(pickle.dumps(args)) + 28  # + the object reference's id
+                    pending[ref] = (shard, i)
+                    load[i] += 1
+            if not pending and not probing:
+                raise WorkersLost(
+                    f"all {len(self.actors)} Ray workers are gone (killed or crashed, and"
+                    f" restarts exhausted) during generation {generation}"
+                )
+            ready, _ = ray.wait(list(pending) + list(probing), num_returns=1)
+            for ref in ready:
+                if ref in probing:
+                    i = probing.pop(ref)
+                    try:
+                        ray.get(ref)
+                        load[i] = 0  # restarted and warm again
+                    except ray.exceptions.ActorUnavailableError:
+                        probing[self.actors[i].ready.remote()] = i
+                    except ray.exceptions.RayActorError:
+                        pass  # dead for good
+                    continue
+                shard, i = pending.pop(ref)
+                try:
+                    values = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    queue.appendleft(shard)
+                    self.restarts += 1
+                    if i in load:  # first lost shard of this actor: probe its restart
+                        del load[i]
+                        probing[self.actors[i].ready.remote()] = i
+                    continue
+                results[shard] = values
+                received += values.nbytes
+                if i in load:
+                    load[i] -= 1
+        self.stats.append(
+            {
+                "generation": int(generation),
+                "bytes": sent,
+                "bytes_back": received,
+                "dispatch_s": time.perf_counter() - t0,
+            }
+        )
+        return np.concatenate([results[s] for s in range(self.shards)])
+
+    def close(self) -> None:
+        for a in self.actors:
+            with contextlib.suppress(Exception):
+                self.ray.kill(a)
+        self.actors = []
+
+
+@contextlib.contextmanager
+def open_step(factory, shared=None, address=None, workers=None, gpus_per_worker=None, **options):
+    """A :class:`RayStep` on the cluster at ``address`` (a running or new local instance if none).
+
+    Args:
+      factory: ``factory(shared) -> Pieces``, picklable; the driver and each actor call it
+        once. Its step's ``shard_size`` sets the shards (several per actor is best).
+      shared: large task data, put in Ray's object store once for all actors.
+      address: a Ray address; ``None`` uses a running instance or starts a local one.
+      workers, gpus_per_worker: actors and GPUs per actor (see :func:`actor_resources`).
+      **options: ``max_restarts``, ``startup_timeout_s``, ``compilation_cache``.
+
+    Example::
+
+        pieces = lambda shared: Pieces(make_generation_step(es, p, fit, shard_size=8), init)
+        with open_step(pieces, workers=2) as step:
+            state, metrics = step(state, run_key, 0)
+    """
+    with connect(address) as ray:
+        res = actor_resources(ray, workers, gpus_per_worker)
+        with _running(ray, factory, shared, res, options) as step:
+            yield step
+
+
+@contextlib.contextmanager
+def _running(ray, factory, shared, res, options):
+    step = RayStep(ray, factory(shared), factory, shared, res, **options)
+    try:
+        yield step
+    finally:
+        step.close()
+
+
+@contextlib.contextmanager
+def open_config_step(cfg, warn=None):
+    """The Ray step of a config's experiment, with its ``ray`` section's settings.
+
+    Without ``evaluation.shard_size`` the population is cut into ``shards_per_worker``
+    shards per actor, and ``warn`` is told that a local run reproduces the result only
+    with that shard size set.
+    """
+    import dataclasses
+    import functools
+
+    import yaml
+
+    from ..config import dump
+
+    rc = cfg.ray
+    with connect(rc.address) as ray:
+        res = actor_resources(ray, rc.workers, rc.gpus_per_worker)
+        if cfg.evaluation.shard_size is None:
+            size = -(-cfg.strategy.population_size // (rc.shards_per_worker * res["workers"]))
+            evaluation = dataclasses.replace(cfg.evaluation, shard_size=size)
+            cfg = dataclasses.replace(cfg, evaluation=evaluation)
+            if warn is not None:
+                warn(
+                    f"evaluation.shard_size is not set; the Ray backend uses {size}. Set it"
+                    " in the config to get the same bits on every backend and worker count"
+                )
+        factory = functools.partial(config_pieces, yaml.safe_load(dump(cfg)))
+        options = {
+            "max_restarts": rc.max_restarts,
+            "startup_timeout_s": rc.startup_timeout_s,
+            "compilation_cache": rc.compilation_cache,
+        }
+        with _running(ray, factory, None, res, options) as step:
+            yield step

@@ -1,0 +1,154 @@
+"""The Ray backend against a real local Ray instance (2 CPUs), shared by this module."""
+
+import functools
+import os
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evoplastic import backends, build, config, meta
+from evoplastic.backends import ray_backend
+from evoplastic.backends.sharded import Pieces
+from evoplastic.trainer import read_metrics, train
+
+from .conftest import small_config
+
+ray = pytest.importorskip("ray")
+
+FITNESS_COLUMNS = ("best_loss", "mean_loss", "median_loss", "nonfinite")
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(
+        num_cpus=2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+def _ray_config(tmp_path, **sections):
+    ray_section = {"workers": 2, "compilation_cache": str(tmp_path / "jax-cache")}
+    ray_section |= sections.pop("ray", {})
+    return config.parse(small_config(backend="ray", ray=ray_section, **sections))
+
+
+def _train(exp, run_dir, step=None, **kw):
+    from evoplastic.trainer import prepare_run_dir
+
+    if not run_dir.exists():
+        prepare_run_dir(run_dir, exp)
+    return train(exp, run_dir, step=step, **kw)
+
+
+def _columns(run_dir):
+    return [{k: r.get(k) for k in FITNESS_COLUMNS} for r in read_metrics(run_dir)]
+
+
+@pytest.mark.parametrize("strategy", ["cma_es", "open_es"])
+def test_ray_run_equals_local_run_bit_for_bit(ray_instance, tmp_path, strategy):
+    """Same config and seed: identical metrics.jsonl fitness columns and final genome."""
+    cfg = _ray_config(
+        tmp_path, strategy={"name": strategy}, evaluation={"shard_size": 3}, generations=5
+    )
+    exp = build(cfg)
+    with backends.open_step(exp) as step:
+        assert step.shards == 3 and len(step.actors) == 2  # 8 members: 3 + 3 + 2 (padded)
+        remote = _train(exp, tmp_path / "ray", step=step)
+        sent = [s["bytes"] for s in step.stats]
+    local = _train(exp, tmp_path / "local")
+    assert _columns(tmp_path / "ray") == _columns(tmp_path / "local")
+    assert len(_columns(tmp_path / "ray")) == 5
+    np.testing.assert_array_equal(np.asarray(remote.genome), np.asarray(local.genome))
+    assert len(set(sent)) == 1 and 0 < sent[0] < 10_000
+    assert any((tmp_path / "jax-cache").iterdir())  # the actors' persistent compile cache
+
+
+def _slow_quadratic(genome, key):
+    """A fitness that takes a while per shard, so an actor can be killed mid-generation."""
+
+    def nap(x):
+        time.sleep(0.25)
+        return x
+
+    loss = jnp.sum((genome - 1.0) ** 2) + 0.01 * jax.random.normal(key)
+    return jax.pure_callback(
+        nap, jax.ShapeDtypeStruct((), jnp.float32), loss, vmap_method="sequential"
+    )
+
+
+def _quadratic_pieces(dim, population, shard_size, shared=None):
+    es, params = meta.make("cma_es", population, jnp.zeros(dim), std_init=0.5)
+    step = backends.make_generation_step(es, params, _slow_quadratic, shard_size=shard_size)
+    return Pieces(step, lambda key: es.init(key, jnp.zeros(dim), params))
+
+
+def test_killed_actor_has_its_shard_rerun_and_result_is_unchanged(ray_instance):
+    factory = functools.partial(_quadratic_pieces, 3, 8, 1)  # 8 shards of 1 member
+    pieces = factory()
+    run_key = jax.random.PRNGKey(0)
+    expected = pieces.init_state(run_key)
+    for g in range(2):
+        expected, expected_m = pieces.step(expected, run_key, g)
+    with ray_backend.open_step(factory, workers=2, max_restarts=2) as step:
+        state = pieces.init_state(run_key)
+        state, _ = step(state, run_key, 0)
+        victim = step.info[0]["pid"]
+        killer = threading.Timer(0.4, os.kill, (victim, signal.SIGKILL))
+        killer.start()
+        state, m = step(state, run_key, 1)
+        killer.join()
+        assert step.restarts >= 1
+    assert {k: float(v) for k, v in m.items()} == {k: float(v) for k, v in expected_m.items()}
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_losing_every_worker_stops_with_a_checkpoint_and_resumes_locally(ray_instance, tmp_path):
+    """All actors killed, no restarts: WorkersLost, a checkpoint, and an exact local resume."""
+    cfg = _ray_config(tmp_path, evaluation={"shard_size": 4}, ray={"max_restarts": 0})
+    cfg = config.parse(small_config(**{**cfg.to_dict(), "checkpoint": {"every": 3}}))
+    exp = build(cfg)
+    run_dir = tmp_path / "run"
+    with backends.open_step(exp) as step:
+
+        def kill_all(done):
+            if done == 2:
+                for info in step.info:
+                    os.kill(info["pid"], signal.SIGKILL)
+
+        with pytest.raises(backends.WorkersLost, match="all 2 Ray workers are gone"):
+            _train(exp, run_dir, step=step, on_generation=kill_all)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-00000002.pkl"]
+    _train(exp, run_dir, resume=True)  # on the local backend
+    _train(exp, tmp_path / "reference")
+    assert _columns(run_dir) == _columns(tmp_path / "reference")
+
+
+def test_cli_cluster_errors_are_one_line(write_config, tmp_path):
+    from .conftest import run_cli
+
+    cfg = write_config(small_config())
+    out = run_cli("run", cfg, "--address", "127.0.0.1:9", "--out", tmp_path / "r", timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("error: cannot reach the Ray cluster")
+    assert "127.0.0.1:9" in lines[0] and not (tmp_path / "r").exists()
+
+
+def test_importing_evoplastic_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, evoplastic, evoplastic.backends.ray_backend; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
