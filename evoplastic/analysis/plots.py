@@ -59,20 +59,26 @@ def rule_vs_reference(
 
 
 def report_bars(rows: list[dict], path: Path) -> Path:
-    """Mean ± 95% CI of each run's evolved rule per task variant, with fixed rules as marks."""
-    groups = sorted({(r["run"], r["variant"]) for r in rows}, key=lambda g: (g[0], g[1]))
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(groups)), 4.0), dpi=110)
-    for i, (run, variant) in enumerate(groups):
-        for r in rows:
-            if (r["run"], r["variant"]) != (run, variant) or r["mean"] is None:
-                continue
-            if r["rule"].endswith("(fixed)"):
-                ax.plot(i, r["mean"], "k_", ms=14)
-            else:
-                ax.bar(i, r["mean"], yerr=r["ci95"] or 0.0, color="C0", capsize=4)
-    ax.set_xticks(range(len(groups)), [f"{r}\n{v}" for r, v in groups], rotation=30, ha="right")
-    ax.set_ylabel(rows[0]["metric"] if rows else "")
-    ax.set_title("held-out performance (bars: evolved rule, marks: fixed rules)")
+    """Mean ± 95% CI of each run's evolved rule per task variant (bars) and of the
+    baselines (marks), one panel per metric."""
+    metrics = sorted({r["metric"] for r in rows})
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(8.0, 2.8 * len(metrics)), dpi=110)
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, metrics, strict=True):
+        sub = [r for r in rows if r["metric"] == metric]
+        groups = sorted({(r["run"], r["variant"]) for r in sub})
+        for i, group in enumerate(groups):
+            for r in sub:
+                if (r["run"], r["variant"]) != group or r["mean"] is None:
+                    continue
+                if r.get("evolved"):
+                    ax.bar(i, r["mean"], yerr=r["ci95"] or 0.0, color="C0", capsize=4)
+                else:
+                    ax.plot(i, r["mean"], "_", color="k", ms=14)
+        labels = [f"{run}\n{variant}" for run, variant in groups]
+        ax.set_xticks(range(len(groups)), labels, rotation=20, ha="right", fontsize=7)
+        ax.set_ylabel(metric)
+    axes[0].set_title("held-out mean (bars: evolved rule ± 95% CI; marks: baselines)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -127,6 +127,7 @@ def report_rows(runs: list[dict]) -> list[dict]:
                         "task": task,
                         "variant": variant,
                         "rule": rule if cand == "evolved" else CANDIDATE_NAMES.get(cand, cand),
+                        "evolved": cand == "evolved",
                         "strategy": cfg["strategy"]["name"],
                         "metric": metric,
                         "mean": s.get("mean"),
