@@ -25,11 +25,18 @@ def test_bench_config_reports_consistent_figures():
 
 
 def test_roofline_picks_the_relevant_roof():
-    limits = {"matmul_flops_per_s": 1e11, "stream_bytes_per_s": 1e10}
-    small = {"synapse_updates_per_s": 1e9, "batch": 1, "synapses": 10}
-    r = bench.roofline(small, limits)
-    assert r["bound"].startswith("compute") and np.isclose(r["roofline_fraction"], 13e9 / 1e11)
-    huge = {"synapse_updates_per_s": 1e9, "batch": 10**6, "synapses": 10**6}
-    r = bench.roofline(huge, limits)
-    assert r["bound"] == "memory"
-    assert np.isclose(r["roofline_flops_per_s"], 13 / 28 * 1e10)
+    result = {"synapse_updates_per_s": 1e9, "batch": 4, "synapses": 10, "instances": 2}
+    slow = {"matmul_flops_per_s": 1e11, "stream_bytes_per_s": 1e10}
+    r = bench.roofline(result, slow)
+    assert r["bound"] == "bandwidth"
+    assert np.isclose(r["arithmetic_intensity"], 13 / 18)  # 8 B of weights + 20 B / 2 shared
+    assert np.isclose(r["roofline_flops_per_s"], 13 / 18 * 1e10)
+    assert np.isclose(r["roofline_fraction"], 13e9 / (13 / 18 * 1e10))
+    fast = slow | {"working_set_bytes_per_s": 1e13}  # a cache-resident working set
+    r = bench.roofline(result, fast)
+    assert r["bound"] == "compute" and np.isclose(r["roofline_fraction"], 13e9 / 1e11)
+
+
+def test_stream_bandwidth_is_plausible():
+    bw = bench.stream_bandwidth(3 * 2**20)
+    assert 1e8 < bw < 1e13
