@@ -234,7 +234,7 @@ def stream_bandwidth(total_bytes: int) -> float:
     Sized like a kernel's working set, it measures the bandwidth of the memory level that
     holds that working set (a cache, or main memory).
     """
-    n = max(total_bytes // 12, 1024)
+    n = max(int(total_bytes) // 12, 1024)
     x = jnp.ones((n,), jnp.float32)
     y = jnp.ones_like(x)
     axpy = jax.jit(lambda x, y: 1.0001 * x + y)
