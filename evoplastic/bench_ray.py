@@ -25,7 +25,7 @@ from .backends.sharded import Pieces, config_pieces
 
 HEAVY = {
     "name": "bench-heavy",
-    "task": {"name": "pca", "dim": 8, "steps": 6000},
+    "task": {"name": "pca", "dim": 8, "steps": 12000},
     "strategy": {"name": "cma_es", "population_size": 256},
     "evaluation": {"instances": 32, "shard_size": 32},
 }

@@ -16,7 +16,7 @@ from evoplastic.backends import ray_backend
 from evoplastic.backends.sharded import Pieces
 from evoplastic.trainer import read_metrics, train
 
-from .conftest import small_config
+from .conftest import run_cli, small_config
 
 ray = pytest.importorskip("ray")
 
@@ -152,3 +152,40 @@ def test_importing_evoplastic_does_not_import_ray():
     code = "import sys, evoplastic, evoplastic.backends.ray_backend; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+class _Cluster:
+    """A stand-in for ``ray`` that reports fixed cluster resources (no GPU here)."""
+
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_actor_resources_one_actor_per_gpu_and_gpu_errors():
+    from evoplastic.backends.errors import BackendError
+    from evoplastic.backends.ray_backend import actor_resources
+
+    gpus = _Cluster(CPU=32.0, GPU=4.0)
+    assert actor_resources(gpus, None, None) == {"workers": 4, "num_cpus": 1, "num_gpus": 1.0}
+    assert actor_resources(gpus, None, 0.5)["workers"] == 8
+    assert actor_resources(_Cluster(CPU=2.0), None, None) == {
+        "workers": 2,
+        "num_cpus": 1,
+        "num_gpus": 0.0,
+    }
+    with pytest.raises(BackendError, match="GPU\\(s\\) per worker were asked for, but"):
+        actor_resources(_Cluster(CPU=2.0), None, 1.0)
+    with pytest.raises(BackendError, match="6 workers x 1 GPU\\(s\\)"):
+        actor_resources(gpus, 6, 1.0)
+
+
+def test_cli_asking_for_gpus_on_a_cpu_cluster_is_one_line(write_config, tmp_path):
+    cfg = small_config(backend="ray", ray={"gpus_per_worker": 1.0})
+    proc = run_cli("run", write_config(cfg), "--out", tmp_path / "r", timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "GPU(s) per worker were asked for" in lines[-1]
+    assert "Traceback" not in proc.stderr
