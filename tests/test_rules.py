@@ -64,26 +64,33 @@ def _jacobians(rule, genome, sig):
     return jax.jacobian(f, argnums=(0, 1, 2, 3))(sig.pre, sig.post, sig.w, sig.err, sig.mod)
 
 
+def _random_signals(n_out=3, n_in=4, mod=0.7):
+    k = jax.random.split(jax.random.PRNGKey(1), 4)
+    return Signals(
+        pre=jax.random.normal(k[0], (n_in,)),
+        post=jax.random.normal(k[1], (n_out,)),
+        w=jax.random.normal(k[2], (n_out, n_in)),
+        err=jax.random.normal(k[3], (n_out,)),
+        mod=jnp.asarray(mod),
+    )
+
+
+def _locality_masks(n_out, n_in):
+    """Where dw[i, j] may depend on pre[j], post[i] (and err[i]) and w[i, j]."""
+    mask_pre = np.broadcast_to(np.eye(n_in)[None, :, :], (n_out, n_in, n_in))
+    mask_post = np.broadcast_to(np.eye(n_out)[:, None, :], (n_out, n_in, n_out))
+    mask_w = np.einsum("ik,jl->ijkl", np.eye(n_out), np.eye(n_in))
+    return mask_pre, mask_post, mask_w
+
+
 @pytest.mark.parametrize("rule_name", ["polynomial", "oja", "hebb"])
 def test_locality(rule_name):
     """dw[i, j] has zero derivative w.r.t. every signal of another synapse."""
     rule = rules.polynomial(ALL_TERMS) if rule_name == "polynomial" else rules.make(rule_name)
     genome = jnp.linspace(-1.0, 1.0, len(rule.terms)) if rule_name == "polynomial" else None
-    n_out, n_in = 3, 4
-    k = jax.random.split(jax.random.PRNGKey(1), 4)
-    sig = Signals(
-        pre=jax.random.normal(k[0], (n_in,)),
-        post=jax.random.normal(k[1], (n_out,)),
-        w=jax.random.normal(k[2], (n_out, n_in)),
-        err=jax.random.normal(k[3], (n_out,)),
-        mod=jnp.asarray(0.7),
-    )
+    sig = _random_signals()
     d_pre, d_post, d_w, d_err = _jacobians(rule, genome, sig)
-    eye_in, eye_out = np.eye(n_in), np.eye(n_out)
-    # allowed dependency masks: dw[i, j] on pre[j], post[i], w[i, j], err[i]
-    mask_pre = np.broadcast_to(eye_in[None, :, :], (n_out, n_in, n_in))
-    mask_post = np.broadcast_to(eye_out[:, None, :], (n_out, n_in, n_out))
-    mask_w = np.einsum("ik,jl->ijkl", eye_out, eye_in)
+    mask_pre, mask_post, mask_w = _locality_masks(3, 4)
     for jac, mask in ((d_pre, mask_pre), (d_post, mask_post), (d_w, mask_w), (d_err, mask_post)):
         assert np.all(np.asarray(jac)[mask == 0] == 0.0)
     # and it does depend on its own synapse's signals (the check is not vacuous)
@@ -103,7 +110,7 @@ def test_locality_check_catches_a_nonlocal_rule():
         pre=jnp.ones(3), post=jnp.ones(2), w=jnp.ones((2, 3)), err=jnp.zeros(2), mod=jnp.ones(())
     )
     _, _, d_w, _ = _jacobians(bad, None, sig)
-    mask_w = np.einsum("ik,jl->ijkl", np.eye(2), np.eye(3))
+    _, _, mask_w = _locality_masks(2, 3)
     assert np.any(np.asarray(d_w)[mask_w == 0] != 0)
 
 
@@ -111,19 +118,9 @@ def test_mlp_rule_is_local_and_evolvable():
     rule = rules.mlp(features=("pre", "post", "w", "err", "mod"), hidden=(8,))
     genome = rule.init(jax.random.PRNGKey(0))
     assert rule.num_params() == 5 * 8 + 8 + 8 + 1
-    n_out, n_in = 3, 4
-    k = jax.random.split(jax.random.PRNGKey(1), 4)
-    sig = Signals(
-        pre=jax.random.normal(k[0], (n_in,)),
-        post=jax.random.normal(k[1], (n_out,)),
-        w=jax.random.normal(k[2], (n_out, n_in)),
-        err=jax.random.normal(k[3], (n_out,)),
-        mod=jnp.asarray(0.3),
-    )
+    sig = _random_signals(mod=0.3)
     d_pre, d_post, d_w, d_err = _jacobians(rule, genome, sig)
-    mask_pre = np.broadcast_to(np.eye(n_in)[None, :, :], (n_out, n_in, n_in))
-    mask_post = np.broadcast_to(np.eye(n_out)[:, None, :], (n_out, n_in, n_out))
-    mask_w = np.einsum("ik,jl->ijkl", np.eye(n_out), np.eye(n_in))
+    mask_pre, mask_post, mask_w = _locality_masks(3, 4)
     for jac, mask in ((d_pre, mask_pre), (d_post, mask_post), (d_w, mask_w), (d_err, mask_post)):
         assert np.all(np.asarray(jac)[mask == 0] == 0.0)
         assert np.any(np.asarray(jac)[mask == 1] != 0.0)

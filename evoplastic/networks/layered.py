@@ -60,6 +60,16 @@ class LayeredNetwork:
     w_clip: float = 0.0
     feedback: str = "none"
 
+    @classmethod
+    def from_options(cls, options: dict | None, n_in: int, n_out: int) -> LayeredNetwork:
+        """A network for a task with ``n_in`` inputs and ``n_out`` outputs, from the
+        config's ``network`` options (``hidden`` widths and any field of this class;
+        options meant for other network kinds are ignored)."""
+        opts = dict(options or {})
+        hidden = tuple(opts.pop("hidden", (32,)))
+        keep = {f.name for f in dataclasses.fields(cls)} - {"sizes"}
+        return cls(sizes=(n_in, *hidden, n_out), **{k: v for k, v in opts.items() if k in keep})
+
     @property
     def shapes(self) -> tuple[tuple[int, int], ...]:
         return tuple((o, i) for i, o in zip(self.sizes[:-1], self.sizes[1:], strict=True))

@@ -142,8 +142,4 @@ class ControlFamily:
         n_in = env.observation_space(env_params).shape[0]
         space = env.action_space(env_params)
         n_out = space.shape[0] if env_name == "Pendulum-v1" else space.n
-        opts = dict(network or {})
-        hidden = tuple(opts.pop("hidden", (32,)))
-        keep = {f.name for f in dataclasses.fields(LayeredNetwork)} - {"sizes"}
-        opts = {k: v for k, v in opts.items() if k in keep}
-        return cls(network=LayeredNetwork(sizes=(n_in, *hidden, n_out), **opts), **params)
+        return cls(network=LayeredNetwork.from_options(network, n_in, n_out), **params)

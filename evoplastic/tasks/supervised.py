@@ -45,14 +45,6 @@ class SupervisedTask:
     weight_key: jax.Array
 
 
-def _layered(network: dict | None, n_in: int, n_out: int) -> LayeredNetwork:
-    opts = dict(network or {})
-    hidden = tuple(opts.pop("hidden", (32,)))
-    keep = {f.name for f in dataclasses.fields(LayeredNetwork)} - {"sizes"}
-    opts = {k: v for k, v in opts.items() if k in keep}
-    return LayeredNetwork(sizes=(n_in, *hidden, n_out), **opts)
-
-
 class _Supervised:
     """The online inner loop shared by the supervised families."""
 
@@ -159,7 +151,7 @@ class SinusoidFamily(_Supervised):
 
     @classmethod
     def create(cls, network: dict | None = None, **params) -> SinusoidFamily:
-        return cls(network=_layered(network, 1, 1), **params)
+        return cls(network=LayeredNetwork.from_options(network, 1, 1), **params)
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,4 +223,6 @@ class DigitsFamily(_Supervised):
         for name in ("train_classes", "test_classes"):
             if name in params:
                 params[name] = tuple(params[name])
-        return cls(network=_layered(network, 64, params.get("ways", cls.ways)), **params)
+        return cls(
+            network=LayeredNetwork.from_options(network, 64, params.get("ways", cls.ways)), **params
+        )
