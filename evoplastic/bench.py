@@ -180,13 +180,25 @@ def _timed(fn) -> float:
 
 
 def _step_memory(exp: Experiment) -> int | None:
-    """Bytes of the compiled step: arguments + outputs + temporaries (XLA's analysis)."""
+    """Peak bytes of a generation's compiled pieces (ask, evaluate, tell), each counted as
+    arguments + outputs + temporaries from XLA's memory analysis; the largest is the peak."""
     try:
-        state = exp.init_state(jax.random.PRNGKey(0))
-        compiled = exp.generation_step().lower(state, jax.random.PRNGKey(0), 0).compile()
-        m = compiled.memory_analysis()
-        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
-    except Exception:  # noqa: BLE001 -- not every backend reports memory
+        step = exp.generation_step()
+        key = jax.random.PRNGKey(0)
+        state = exp.init_state(key)
+        population, asked = step.ask(state, key, 0)
+        raw = step.evaluate_all(population, key, 0)
+        lowered = (
+            step.ask.lower(state, key, 0),
+            step.evaluate.lower(population, key, 0, 0),
+            step.tell.lower(asked, population, raw, key, 0),
+        )
+        peaks = []
+        for low in lowered:
+            m = low.compile().memory_analysis()
+            peaks.append(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+        return int(max(peaks))
+    except (AttributeError, NotImplementedError):  # a backend without memory analysis
         return None
 
 

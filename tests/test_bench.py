@@ -22,6 +22,8 @@ def test_bench_config_reports_consistent_figures():
     expected = 8 * 4 * r["synapses"] * r["inner_steps"] / r["gen_median_s"]
     assert np.isclose(r["synapse_updates_per_s"], expected)
     assert r["synapses"] == 4 * 16 + 16 * 2
+    # the evaluation holds at least every member-instance's weights
+    assert r["step_memory_bytes"] >= 8 * 4 * r["synapses"] * 4
 
 
 def test_roofline_picks_the_relevant_roof():
