@@ -124,3 +124,27 @@ def test_run_eval_plot_end_to_end(write_config, tmp_path):
     (run_dir / "learning_curve.png").unlink()
     proc = run_cli("plot", run_dir)
     assert proc.returncode == 0 and (run_dir / "learning_curve.png").exists()
+
+
+def test_report_names_rules_and_baselines():
+    from evoplastic.analysis import markdown_table, report_rows
+
+    summary = {"mean": 500.0, "ci95": 0.0, "median": 500.0, "n": 100}
+    run = {
+        "dir": "d",
+        "config": {
+            "name": "cp",
+            "task": {"name": "control", "env": "CartPole-v1"},
+            "rule": {"name": "abcd", "per_synapse": True},
+            "strategy": {"name": "open_es"},
+        },
+        "eval": {
+            "trained": {
+                "evolved": {"loss": {"mean": -500.0, "nonfinite": 0}, "return": summary},
+                "sgd": {"loss": {"mean": 1.0}, "return": summary, "lr": {"mean": 0.1}},
+            }
+        },
+    }
+    table = markdown_table(report_rows([run]))
+    assert "| cp | control CartPole-v1 | trained | abcd per synapse | return | 500 ± 0 |" in table
+    assert "| SGD (backprop), lr 0.1 | return |" in table

@@ -101,5 +101,3 @@ def test_control_run_eval_and_report_from_the_cli(write_config, tmp_path):
     saved = json.loads((run_dir / "eval.json").read_text())["trained"]["evolved"]["return"]
     again = json.loads(proc.stdout)["rules"]["evolved"]["return"]
     assert again["mean"] == saved["mean"]  # the reloaded genome is the trained one
-    proc = run_cli("report", run_dir)
-    assert "| cp | control CartPole-v1 | trained | abcd per synapse | return |" in proc.stdout
