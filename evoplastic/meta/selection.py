@@ -44,6 +44,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import zipfile
@@ -100,6 +101,7 @@ def fitness_features(fitness: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------------------- policy
 
 
+@functools.partial(jax.jit, static_argnames=("hidden", "scale"))
 def init_policy(key: jax.Array, hidden: int = 16, scale: float = 0.1) -> Policy:
     """A fresh policy: a small random MLP plus a linear path that starts rank-based.
 

@@ -28,6 +28,7 @@ counted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,8 +50,7 @@ VALIDATION_SEED = 1_618_033  # base seed of the validation problems of training
 
 def problem_key(base_seed: int, split: str, index) -> jax.Array:
     """The key of problem ``index`` of a split: ``fold_in(fold_in(PRNGKey(seed), split), i)``."""
-    key = jax.random.fold_in(jax.random.PRNGKey(base_seed), 1 + SPLITS.index(split))
-    return jax.random.fold_in(key, index)
+    return jax.random.fold_in(stream_key(base_seed, split), index)
 
 
 # ------------------------------------------------------------------------------ config
@@ -155,32 +155,35 @@ class Problem:
     std_init: jax.Array
 
 
-def _log_uniform(key, lo, hi, shape=()):
-    return jnp.exp(jax.random.uniform(key, shape, minval=np.log(lo), maxval=np.log(hi)))
+def _log_uniform(u, lo, hi):
+    """``u ~ U[0, 1)`` mapped log-uniformly onto ``[lo, hi)``."""
+    return jnp.exp(np.log(lo) + u * (np.log(hi) - np.log(lo)))
 
 
 def sample_problem(key: jax.Array, dim: int, p: ProblemsConfig) -> Problem:
-    """A random problem of dimension ``dim`` from the distribution ``p``."""
-    ks = jax.random.split(key, 9)
+    """A random problem of dimension ``dim`` from the distribution ``p``.
+
+    Two draws for the whole problem (one normal, one uniform vector), sliced: fewer
+    random-number call sites compile faster.
+    """
+    k_normal, k_uniform = jax.random.split(key)
+    g = jax.random.normal(k_normal, (dim * dim + dim,))
+    u = jax.random.uniform(k_uniform, (7 + dim,))
     kinds = jnp.asarray([KINDS.index(k) for k in p.kinds])
-    kind = kinds[jax.random.randint(ks[0], (), 0, len(kinds))]
-    rotation, _ = jnp.linalg.qr(jax.random.normal(ks[1], (dim, dim)))
-    direction = jax.random.normal(ks[2], (dim,))
-    direction = direction / jnp.linalg.norm(direction)
-    distance = _log_uniform(ks[3], *p.distance)
-    condition = _log_uniform(ks[4], 1.0, p.condition_max)
-    scales = condition ** jax.random.uniform(ks[5], (dim,))
-    rosen = _log_uniform(ks[6], 1.0, p.rosenbrock_max)
-    rastrigin = jax.random.uniform(ks[6], (), maxval=p.rastrigin_max)
-    coef = jnp.where(kind == KINDS.index("rosenbrock"), rosen, rastrigin)
+    kind = kinds[jnp.minimum((u[0] * len(kinds)).astype(jnp.int32), len(kinds) - 1)]
+    rotation, _ = jnp.linalg.qr(g[: dim * dim].reshape(dim, dim))
+    direction = g[dim * dim :] / jnp.linalg.norm(g[dim * dim :])
+    condition = _log_uniform(u[2], 1.0, p.condition_max)
+    rosen = _log_uniform(u[3], 1.0, p.rosenbrock_max)
+    coef = jnp.where(kind == KINDS.index("rosenbrock"), rosen, u[3] * p.rastrigin_max)
     return Problem(
         kind=kind,
         rotation=rotation,
-        optimum=distance * direction,
-        scales=scales,
+        optimum=_log_uniform(u[1], *p.distance) * direction,
+        scales=condition ** u[7:],
         coef=coef,
-        noise=jax.random.uniform(ks[7], (), maxval=p.noise_max),
-        std_init=_log_uniform(ks[8], *p.std_init),
+        noise=u[4] * p.noise_max,
+        std_init=_log_uniform(u[5], *p.std_init),
     )
 
 
@@ -242,13 +245,11 @@ def unroll(
             cut = t % truncation == 0
             carry = jax.tree.map(lambda a: jnp.where(cut, jax.lax.stop_gradient(a), a), carry)
         mean, std, path = carry
-        kz, kn = jax.random.split(k)
-        z = jax.random.normal(kz, (population, dim))
+        g = jax.random.normal(k, (population, dim + 1))  # one draw: noise z and fitness noise
+        z = g[:, :dim]
         x = mean + std * z
         f = jax.vmap(lambda xi: problem_loss(problem, xi))(x)
-        observed = jax.lax.stop_gradient(
-            f * jnp.exp(problem.noise * jax.random.normal(kn, (population,)))
-        )
+        observed = jax.lax.stop_gradient(f * jnp.exp(problem.noise * g[:, dim]))
         observed = jnp.where(jnp.isfinite(observed), observed, jnp.finfo(jnp.float32).max)
         mean, std, path = selection.update(policy, mean, std, path, z, observed)
         rel = jnp.log(problem_loss(problem, mean) / f0 + 1e-8)
@@ -271,10 +272,17 @@ def meta_loss(
     return jnp.mean(rel)
 
 
-def problem_batch(cfg: ProblemsConfig, split_seed: int, split: str, start: int, n: int, dim):
-    """Problems ``start .. start + n - 1`` of dimension ``dim`` from a key stream."""
-    keys = jax.vmap(lambda i: problem_key(split_seed, split, i))(start + jnp.arange(n))
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, dim))(keys)
+def stream_key(base_seed: int, split: str) -> jax.Array:
+    """The key of a split's problem stream (problem ``i`` is ``fold_in(stream, i)``)."""
+    return jax.random.fold_in(jax.random.PRNGKey(base_seed), 1 + SPLITS.index(split))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "n", "dim"))
+def problem_batch(cfg: ProblemsConfig, stream: jax.Array, start, n: int, dim: int) -> Problem:
+    """Problems ``start .. start + n - 1`` of dimension ``dim`` of a stream (jitted)."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(stream, i), dim))(
+        start + jnp.arange(n)
+    )
     return jax.vmap(lambda k: sample_problem(k, dim, cfg))(keys)
 
 
@@ -290,25 +298,6 @@ class TrainResult:
     kept_step: int  # the step whose policy is kept (0: the initial one)
     skipped: int
     seconds: float
-
-
-def make_validation(cfg: SelectionTrainConfig) -> Callable:
-    """``validate(policy) -> mean meta-loss`` on fixed validation problems (jitted)."""
-    t, p = cfg.training, cfg.problems
-    sets = [
-        problem_batch(p, VALIDATION_SEED, "validation", 0, t.validation_problems, d) for d in p.dims
-    ]
-    key = problem_key(VALIDATION_SEED, "validation", 2**20)
-
-    @jax.jit
-    def validate(policy):
-        losses = [
-            meta_loss(policy, probs, jax.random.fold_in(key, i), t.generations, t.population_size)
-            for i, probs in enumerate(sets)
-        ]
-        return jnp.mean(jnp.stack(losses))
-
-    return validate
 
 
 def start_policy(cfg: SelectionTrainConfig):
@@ -327,12 +316,13 @@ def train(
 ) -> TrainResult:
     """Train a selection policy; ``echo`` receives progress lines.
 
-    Returns the policy with the lowest validation meta-loss seen at the logged steps (the
-    validation problems come from their own key stream, disjoint from training and from the
-    held-out comparison problems).
+    Returns the policy with the lowest validation meta-loss seen at the logged steps. The
+    validation problems (``validation_problems`` per dimension, rounded up to a multiple of
+    ``batch``) come from their own key stream, disjoint from training and from the held-out
+    comparison problems.
 
     The policy starts from :func:`start_policy` unless one is given. Step ``s`` trains on
-    problems ``s * batch ..`` of the train key stream of ``seed``, one batch per dimension.
+    problems ``s * batch ..`` of the train stream of ``seed``, one batch per dimension.
     """
     from .gradient import make_optimizer
 
@@ -342,45 +332,62 @@ def train(
         policy = start_policy(cfg)
     tx = make_optimizer(t.optimizer, t.clip_norm)
     opt_state = tx.init(policy)
-    validate = make_validation(cfg)
+    train_stream = stream_key(cfg.seed, "train")
+    val_stream = stream_key(VALIDATION_SEED, "validation")
 
-    sample = jax.jit(
-        lambda step: [
-            problem_batch(p, cfg.seed, "train", step * t.batch, t.batch, dim) for dim in p.dims
-        ]
-    )
+    def batch(stream, start):
+        return [problem_batch(p, stream, start, t.batch, d) for d in p.dims]
 
-    def total_loss(pol, problems, step):
-        losses = []
-        for dim, probs in zip(p.dims, problems, strict=True):
-            key = jax.random.fold_in(problem_key(cfg.seed, "train", 2**30 + dim), step)
-            losses.append(
-                meta_loss(pol, probs, key, t.generations, t.population_size, t.truncation)
+    def total_loss(pol, problems, key):
+        losses = [
+            meta_loss(
+                pol,
+                probs,
+                jax.random.fold_in(key, d),
+                t.generations,
+                t.population_size,
+                t.truncation,
             )
+            for d, probs in zip(p.dims, problems, strict=True)
+        ]
         return jnp.mean(jnp.stack(losses))
 
+    # one compiled function for training and validation (same shapes)
+    loss_and_grad = jax.jit(jax.value_and_grad(total_loss))
+
     @jax.jit
-    def train_step(pol, opt_state, problems, step):
-        loss, grads = jax.value_and_grad(total_loss)(pol, problems, step)
+    def apply(pol, opt_state, loss, grads):
         updates, new_opt = tx.update(grads, opt_state, pol)
         new_pol = optax.apply_updates(pol, updates)
         leaves = jax.tree.leaves(grads) + [loss]
         ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        return pick(new_pol, pol), pick(new_opt, opt_state), loss, ~ok
+        return pick(new_pol, pol), pick(new_opt, opt_state), ~ok
+
+    chunks = -(-t.validation_problems // t.batch)
+    val_key = jax.random.fold_in(val_stream, 2**30)
+
+    def validate(pol) -> float:
+        losses = [
+            loss_and_grad(pol, batch(val_stream, c * t.batch), jax.random.fold_in(val_key, c))[0]
+            for c in range(chunks)
+        ]
+        return float(np.mean(losses))
 
     t0 = time.perf_counter()
-    initial = float(validate(policy))
+    initial = validate(policy)
     echo(f"step     0/{t.steps}  validation meta-loss {initial:.4f}")
     history, skipped, running = [], 0, []
     best, best_policy, best_step = initial, policy, 0
+    noise_key = jax.random.fold_in(train_stream, 2**30)
     for step in range(t.steps):
-        step_ = jnp.asarray(step)
-        policy, opt_state, loss, bad = train_step(policy, opt_state, sample(step_), step_)
+        problems = batch(train_stream, step * t.batch)
+        loss, grads = loss_and_grad(policy, problems, jax.random.fold_in(noise_key, step))
+        policy, opt_state, bad = apply(policy, opt_state, loss, grads)
         skipped += int(bad)
         running.append(float(loss))
         if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
-            val = float(validate(policy))
+            val = validate(policy)
             record = {
                 "step": step + 1,
                 "train_meta_loss": float(np.mean(running)),
@@ -434,7 +441,6 @@ __all__ = [
     "TrainingConfig",
     "fixed_problem",
     "header",
-    "make_validation",
     "meta_loss",
     "parse_config",
     "problem_batch",
@@ -442,6 +448,7 @@ __all__ = [
     "problem_loss",
     "sample_problem",
     "start_policy",
+    "stream_key",
     "train",
     "unroll",
 ]
