@@ -98,6 +98,10 @@ def test_policy_file_round_trip_and_bad_files(tmp_path):
     corrupt.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(selection.PolicyFileError, match="corrupt.npz: not a selection policy"):
         selection.read_policy(corrupt)
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros(3))
+    with pytest.raises(selection.PolicyFileError, match="not an .npz archive"):
+        selection.read_policy(single)
     other = tmp_path / "other.npz"
     np.savez(other, w1=np.zeros(3))
     with pytest.raises(selection.PolicyFileError, match="no JSON header"):

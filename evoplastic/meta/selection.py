@@ -281,7 +281,10 @@ def read_policy(path: str | Path) -> tuple[Policy, dict[str, Any]]:
     if not path.is_file():
         raise PolicyFileError(f"selection policy file {str(path)!r} not found")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise PolicyFileError(
