@@ -457,6 +457,8 @@ def experiment_dump(cfg: Config) -> str:
     other; checkpoints record a digest of this text, not of :func:`dump`.
     """
     data = _plain(cfg.to_dict())
+    if data["meta"]["selection"] == "strategy" and data["meta"]["selection_policy"] is None:
+        del data["meta"]["selection"], data["meta"]["selection_policy"]  # as before them
     data.pop("ray")
     data["backend"] = "local"
     if data["evaluation"]["shard_size"] is None:  # as written before the field existed
