@@ -126,6 +126,10 @@ def test_config_validation_of_learned_selection(tmp_path):
         config.parse(learned_config(tmp_path / "none.npz"))
     with pytest.raises(config.ConfigError, match="meta.selection: unknown selection 'learnt'"):
         config.parse(small_config(meta={"selection": "learnt"}))
+    # runs without learned selection keep the config digest they had before it existed
+    assert "selection" not in config.experiment_dump(config.parse(small_config()))
+    learned = config.parse(learned_config(COMMITTED_POLICY))
+    assert f"selection_policy: {COMMITTED_POLICY}" in config.experiment_dump(learned)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file")
     with pytest.raises(config.ConfigError, match="meta.selection_policy: .*garbage.npz"):
