@@ -223,6 +223,8 @@ class MetaConfig:
     optimizer: str = "es"
     truncation: int = 0  # inner steps per generation (a truncated unroll); 0: the whole loop
     gradient: GradientConfig = dataclasses.field(default_factory=GradientConfig)
+    selection: str = "strategy"  # strategy: the strategy's own; learned: a policy file's
+    selection_policy: str | None = None  # the policy file of selection: learned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +347,7 @@ def parse(data: Any) -> Config:
 
 
 META_OPTIMIZERS = ("es", "gradient")
+SELECTIONS = ("strategy", "learned")
 
 
 def _check_meta(cfg: Config, task_params: dict) -> None:
@@ -373,6 +376,7 @@ def _check_meta(cfg: Config, task_params: dict) -> None:
         )
     if not isinstance(g.optimizer.get("name"), str):
         raise ConfigError("meta.gradient.optimizer.name: required (an optax optimizer, e.g. adam)")
+    _check_selection(cfg)
     truncated_es = cfg.strategy.name in TRUNCATED_STRATEGIES
     if m.optimizer == "es" and truncated_es and not m.truncation:
         raise ConfigError(
@@ -385,6 +389,32 @@ def _check_meta(cfg: Config, task_params: dict) -> None:
             f" truncated unrolls work with {' or '.join(TRUNCATED_STRATEGIES)}"
             " or meta.optimizer: gradient"
         )
+
+
+def _check_selection(cfg: Config) -> None:
+    """``meta.selection`` and its policy file (which must exist; its content is read by build)."""
+    m = cfg.meta
+    if m.selection not in SELECTIONS:
+        raise ConfigError(
+            f"meta.selection: unknown selection {m.selection!r}{_suggest(m.selection, SELECTIONS)}"
+            f" (one of {', '.join(SELECTIONS)})"
+        )
+    if m.selection == "strategy":
+        if m.selection_policy is not None:
+            raise ConfigError("meta.selection_policy: only used with meta.selection: learned")
+        return
+    if m.optimizer != "es" or m.truncation:
+        raise ConfigError(
+            "meta.selection: learned selection drives a plain ES (meta.optimizer: es,"
+            " meta.truncation: 0)"
+        )
+    if not m.selection_policy:
+        raise ConfigError(
+            "meta.selection_policy: required with meta.selection: learned (a policy file"
+            " written by `evoplastic train-selection`)"
+        )
+    if not Path(m.selection_policy).is_file():
+        raise ConfigError(f"meta.selection_policy: file {m.selection_policy!r} not found")
 
 
 def set_override(data: dict, assignment: str) -> dict:
@@ -443,6 +473,8 @@ def experiment_dump(cfg: Config) -> str:
     other; checkpoints record a digest of this text, not of :func:`dump`.
     """
     data = _plain(cfg.to_dict())
+    if data["meta"]["selection"] == "strategy" and data["meta"]["selection_policy"] is None:
+        del data["meta"]["selection"], data["meta"]["selection_policy"]  # as before them
     data.pop("ray")
     data["backend"] = "local"
     if data["evaluation"]["shard_size"] is None:  # as written before the field existed

@@ -142,6 +142,8 @@ def build(cfg: Config) -> Experiment:
         return Experiment(
             cfg, family, rule, None, None, template, _gradient_outer(cfg, family, rule)
         )
+    if cfg.meta.selection == "learned":
+        return Experiment(cfg, family, rule, *_learned_selection(cfg, template), template)
     try:
         strategy, es_params = meta.make(
             cfg.strategy.name,
@@ -172,6 +174,24 @@ def build(cfg: Config) -> Experiment:
         common_instances=cfg.evaluation.common_instances,
     )
     return Experiment(cfg, family, rule, strategy, es_params, template, outer)
+
+
+def _learned_selection(cfg: Config, template):
+    """``(strategy, es_params)`` of ``meta.selection: learned`` (strategy.name is not used)."""
+    from .meta import selection
+
+    try:
+        policy = selection.load_policy(cfg.meta.selection_policy)
+    except selection.PolicyFileError as err:
+        raise ConfigError(f"meta.selection_policy: {err}") from None
+    if cfg.strategy.params or cfg.strategy.optimizer or cfg.strategy.options:
+        raise ConfigError(
+            "strategy: meta.selection: learned takes only strategy.population_size and"
+            " strategy.std_init"
+        )
+    if cfg.strategy.population_size < 2:
+        raise ConfigError("strategy.population_size: learned selection needs at least 2")
+    return selection.make(cfg.strategy.population_size, template, policy, cfg.strategy.std_init)
 
 
 def _gradient_outer(cfg: Config, family, rule) -> GradientMeta:
