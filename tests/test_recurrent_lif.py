@@ -54,10 +54,9 @@ def test_recurrent_forward_and_plasticity_match_a_manual_step():
         RecurrentNetwork(sizes=(2, 3, 3, 1))
 
 
-def test_recurrent_network_runs_any_rule_and_learns_digits():
-    """``network.kind: recurrent``: a per-layer ABCD rule runs on the sinusoid task (three
-    plastic weight matrices), and a local delta rule with random feedback learns 5-way
-    digits well above the frozen network."""
+def test_recurrent_network_runs_any_rule():
+    """``network.kind: recurrent`` on the sinusoid task: a per-layer ABCD rule changes all
+    three plastic weight matrices."""
     net = {"kind": "recurrent", "hidden": [16], "feedback": "random", "output_activation": "linear",
            "lr": 1.0, "lr_decay": 0.0, "w_init_std": 0.5}  # fmt: skip
     cfg = config.parse({"task": {"name": "sinusoid", "epochs": 5}, "network": net,
@@ -68,6 +67,14 @@ def test_recurrent_network_runs_any_rule_and_learns_digits():
     state = fam.network.init(jax.random.PRNGKey(0), exp.rule)
     new, _ = fam.network.step(state, jnp.ones(1), exp.rule, exp.genome_template)
     assert all(not np.allclose(a, b) for a, b in zip(new.ws, state.ws, strict=True))
+
+
+@pytest.mark.slow
+def test_recurrent_network_learns_digits():
+    """A local delta rule with random feedback in a recurrent network learns 5-way digits
+    well above the frozen network (measured: 0.50 against 0.22 on 32 held-out tasks)."""
+    net = {"kind": "recurrent", "hidden": [16], "feedback": "random", "output_activation": "linear",
+           "lr": 1.0, "lr_decay": 0.0, "w_init_std": 0.5}  # fmt: skip
     fam = tasks.make("digits", network=net, epochs=2)
     rule = rules.polynomial(("err*pre",))
     evaluator = backends.make_genome_evaluator(fam, rule)
