@@ -192,3 +192,13 @@ def test_network_modulation_gates_plasticity():
         }
     )
     assert set(build(cfg).genome_template) == {"rule", "modulator"}
+
+
+def test_config_names_pathway_kind_and_modulation():
+    for key, value in (("feedback", "learnt"), ("modulation", "reward"), ("kind", "spiking")):
+        with pytest.raises(config.ConfigError, match=f"network.{key}"):
+            config.parse({"network": {key: value}})
+    with pytest.raises(config.ConfigError, match="network.kind: 'recurrent' does not fit"):
+        build(config.parse({"network": {"kind": "recurrent"}}))  # pca has one neuron
+    with pytest.raises(config.ConfigError, match="fixed rule"):
+        build(config.parse({"task": {"name": "sinusoid"}, "rule": {"name": "fa"}}))
