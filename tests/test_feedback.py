@@ -45,7 +45,7 @@ def test_every_synapse_sees_only_local_signals(feedback):
     def new_ws(ws, genome):
         return net.plasticity(state.replace(ws=ws), acts, rule, genome, error=error).ws
 
-    jac_all = jax.jacobian(new_ws, argnums=(0, 1))(state.ws, genome)
+    jac_all = jax.jit(jax.jacobian(new_ws, argnums=(0, 1)))(state.ws, genome)
     d_genome = [j[1] for j in jac_all]  # per output layer: d new W_layer / d genome
     for layer, (n_out, n_in) in enumerate(net.shapes):
         _, _, mask_w = _locality_masks(n_out, n_in)

@@ -44,7 +44,7 @@ def test_recurrent_forward_and_plasticity_match_a_manual_step():
     def new_ws(ws):
         return net.plasticity(state.replace(ws=ws), acts, rule, genome, error=jnp.ones(1)).ws
 
-    jac = jax.jacobian(new_ws)(state.ws)
+    jac = jax.jit(jax.jacobian(new_ws))(state.ws)
     for layer, shape in enumerate(net.shapes):
         _, _, mask_w = _locality_masks(*shape)
         for other in range(3):
