@@ -121,7 +121,7 @@ def test_learned_feedback_is_evolved_and_improves_fitness():
     step = exp.generation_step()
     state = exp.init_state(jax.random.PRNGKey(0))
     g0 = exp.mean_genome(state)
-    for gen in range(25):
+    for gen in range(15):
         state, _ = step(state, jax.random.PRNGKey(0), gen)
     g1 = exp.mean_genome(state)
     evaluator = backends.make_genome_evaluator(exp.family, exp.rule)
