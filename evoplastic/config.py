@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from . import rules, tasks
-from .networks import ACTIVATIONS, FEEDBACK
+from .networks import ACTIVATIONS, FEEDBACK, KINDS, MODULATION
 
 BACKENDS = ("local", "ray")
 MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
@@ -140,6 +140,10 @@ class NetworkConfig:
     w_clip: float = 0.0
     feedback: str = "none"
     learn_init: bool = False  # meta-learn the initial weights too (layered networks)
+    kind: str = "default"  # default (the task's own) | layered | recurrent | rate | lif
+    modulation: str = "none"  # none | network (a modulatory neuron gates the rule's mod)
+    settle: int = 3  # recurrent networks: recurrent steps per input
+    lif: dict = dataclasses.field(default_factory=dict)  # lif networks: LIFNetwork options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +309,13 @@ def parse(data: Any) -> Config:
             f"network.feedback: unknown pathway {cfg.network.feedback!r}"
             f" (one of {', '.join(FEEDBACK)})"
         )
+    for field, choices in (("kind", KINDS), ("modulation", MODULATION)):
+        value = getattr(cfg.network, field)
+        if value not in choices:
+            raise ConfigError(
+                f"network.{field}: unknown {field} {value!r}{_suggest(value, choices)}"
+                f" (one of {', '.join(choices)})"
+            )
     if any(h <= 0 for h in cfg.network.hidden):
         raise ConfigError(
             f"network.hidden: layer sizes must be > 0, got {list(cfg.network.hidden)}"

@@ -117,6 +117,9 @@ def build(cfg: Config) -> Experiment:
         raise ConfigError(f"rule.terms: {err}") from None
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    parts = getattr(family.network, "genome_parts", dict)()
+    if parts:  # learned feedback, a synthetic-error predictor, a modulatory neuron
+        rule = rules.with_parts(rule, parts)
     if cfg.network.learn_init:
         shapes = getattr(family.network, "shapes", None)
         if not shapes:

@@ -107,7 +107,7 @@ def test_run_eval_plot_end_to_end(write_config, tmp_path):
     report = json.loads(proc.stdout)
     assert report["task_overrides"] == {"task.dim": "6"} and report["instances"] == 12
     res = report["rules"]
-    assert set(res) == {"evolved", "random", "oja", "hebb"}
+    assert set(res) == {"evolved", "random", "oja", "hebb", "bcm"}  # bcm: pca is unsupervised
     assert res["evolved"]["alignment"]["n"] == 12
     assert res["oja"]["alignment"]["median"] > 0.9  # Oja's rule does PCA at dim 6 as well
     proc = run_cli("eval", run_dir, "--instances", "5")

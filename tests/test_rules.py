@@ -133,3 +133,68 @@ def test_mlp_rule_is_local_and_evolvable():
         np.testing.assert_allclose(one[0, 0], rule.update(genome, sig)[2, 1], rtol=1e-5)
     with pytest.raises(ValueError, match="unknown signal 'trace'"):
         rules.mlp(features=("pre", "trace"))
+
+
+def test_stateful_and_fixed_rules_are_local():
+    """BCM (with its per-neuron threshold state) and feedback alignment pass the Jacobian
+    locality check; BCM's threshold of neuron i reaches only row i."""
+    sig = _random_signals()
+    mask_pre, mask_post, mask_w = _locality_masks(3, 4)
+    for rule in (rules.bcm(tau=10.0), rules.fa(eta=0.5)):
+        theta = jnp.array([0.2, -0.4, 1.1])
+
+        def f(pre, post, w, err, state, rule=rule):
+            s = Signals(pre=pre, post=post, w=w, err=err, mod=sig.mod, state=state)
+            return rule.update(None, s)
+
+        jacs = jax.jacobian(f, argnums=(0, 1, 2, 3, 4))(sig.pre, sig.post, sig.w, sig.err, theta)
+        masks = (mask_pre, mask_post, mask_w, mask_post, mask_post)
+        for jac, mask in zip(jacs, masks, strict=True):
+            assert np.all(np.asarray(jac)[mask == 0] == 0.0)
+        assert np.any(np.asarray(jacs[0])[mask_pre == 1] != 0)
+    # BCM's next threshold of neuron i depends on post[i] and theta[i] only
+    bcm = rules.bcm(tau=10.0)
+    d_post, d_theta = jax.jacobian(
+        lambda post, th: bcm.next_state(None, Signals(pre=sig.pre, post=post, w=sig.w, state=th)),
+        argnums=(0, 1),
+    )(sig.post, jnp.zeros(3))
+    for jac in (d_post, d_theta):
+        np.testing.assert_array_equal(np.asarray(jac) != 0, np.eye(3, dtype=bool))
+
+
+def test_bcm_formula_and_sliding_threshold():
+    rule = rules.bcm(tau=4.0, eta=2.0)
+    sig = Signals(
+        pre=jnp.array([1.0, -2.0]), post=jnp.array([3.0, 0.5]), w=jnp.zeros((2, 2)),
+        state=jnp.array([1.0, 1.0]),
+    )  # fmt: skip
+    # dw = eta * pre * post * (post - theta): potentiation above theta, depression below
+    want = 2.0 * np.array([[3.0 * 2.0], [0.5 * -0.5]]) * np.array([[1.0, -2.0]])
+    np.testing.assert_allclose(rule.update(None, sig), want, rtol=1e-6)
+    np.testing.assert_allclose(rule.next_state(None, sig), [1 + (9 - 1) / 4, 1 + (0.25 - 1) / 4])
+    assert rule.num_params() == 0 and rule.init_state((2, 5)).shape == (2,)
+    with pytest.raises(ValueError, match="rule.tau"):
+        rules.bcm(tau=0.5)
+
+
+def test_bcm_neuron_becomes_selective():
+    """The classic BCM result: shown two input patterns, a neuron ends up responding to
+    one of them only (Bienenstock et al. 1982), whichever wins from its initial weights."""
+    from evoplastic.networks import RateNetwork
+
+    pats = jnp.eye(4)[:2]
+    xs = pats[jax.random.bernoulli(jax.random.PRNGKey(0), 0.5, (2000,)).astype(int)]
+    net = RateNetwork(n_in=4, n_out=1, activation="linear", lr=0.02, lr_decay=0.0)
+    rule = rules.bcm(tau=20.0)
+    winners = set()
+    for seed in range(4):
+        w0 = jnp.abs(jax.random.normal(jax.random.PRNGKey(seed), (1, 4))) + 0.3
+        state, _ = net.run(net.init_from(w0, rule), xs, rule, None)
+        responses = np.asarray(state.w[0, :2])
+        assert responses.max() > 1.0 and responses.min() < 0.05, responses
+        winners.add(int(responses.argmax()))
+        # the threshold tracks the mean squared response: p * y_winner^2 with p = 1/2
+        assert abs(float(state.rule_state[0]) - 0.5 * responses.max() ** 2) < 0.6
+    assert winners == {0, 1}  # not a bias towards one input: the initial weights decide
+    with pytest.raises(ValueError, match="keeps a state"):
+        net.step(net.init_from(w0), xs[0], rule, None)  # started without the rule's state

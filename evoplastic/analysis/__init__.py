@@ -2,6 +2,7 @@
 
 from .report import (
     BASELINES,
+    baselines_for,
     cosine,
     evaluate_final,
     markdown_table,
@@ -12,6 +13,7 @@ from .report import (
 
 __all__ = [
     "BASELINES",
+    "baselines_for",
     "cosine",
     "evaluate_final",
     "markdown_table",

@@ -47,6 +47,33 @@ def tune_learning_rate(
     return float(lrs[int(np.argmin(mean))])
 
 
+def _rule_losses(family, name, etas, keys, split):
+    from .. import rules
+
+    def one(eta, key):
+        rule = rules.make(name, eta=eta)
+        return family.inner_loop(rule, jnp.zeros((0,)), family.sample(key, split), key)
+
+    return jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))(
+        jnp.asarray(etas), keys
+    )
+
+
+def evaluate_tuned_rule(family, name: str, instances: int, etas=LEARNING_RATES) -> dict:
+    """A fixed rule with a step size ``eta`` (``fa``), tuned like the backprop baselines.
+
+    ``eta`` is picked on meta-train instances (lowest mean loss, non-finite excluded),
+    then the rule is evaluated on the held-out instances; ``lr`` holds the tuned ``eta``.
+    """
+    base = jax.random.PRNGKey(TUNE_SEED)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(32))
+    loss = np.asarray(_rule_losses(family, name, etas, keys, "train")[0])
+    mean = np.where(np.isfinite(loss).all(axis=1), loss.mean(axis=1), np.inf)
+    eta = float(etas[int(np.argmin(mean))])
+    loss, metrics = _rule_losses(family, name, [eta], test_instance_keys(instances), "test")
+    return {"loss": loss[0], **{k: v[0] for k, v in metrics.items()}, "lr": np.array([eta])}
+
+
 def evaluate_backprop(family, optimizer_name: str, instances: int, init_ws=None) -> dict:
     """Held-out loss and metrics of the tuned optimizer; ``lr`` holds the tuned rate.
 

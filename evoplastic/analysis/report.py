@@ -11,7 +11,36 @@ import numpy as np
 from .. import rules
 from ..backends import evaluate_genome
 
-BASELINES = ("oja", "hebb")
+BASELINES = ("oja", "hebb")  # fixed rules compared on every task; see baselines_for
+
+
+def baselines_for(family) -> tuple[str, ...]:
+    """The fixed rules a task is compared with: ``oja`` and ``hebb`` everywhere, ``bcm`` on
+    unsupervised (pca-like) tasks and feedback alignment (``fa``) on supervised ones."""
+    from ..tasks import PCAFamily
+    from .baselines import supports_backprop
+
+    if supports_backprop(family):
+        return (*BASELINES, "fa")
+    if isinstance(family, PCAFamily):
+        return (*BASELINES, "bcm")
+    return BASELINES
+
+
+def _baseline_family(exp, overrides: dict):
+    """The task family for fixed rules: genome-held network parts (learned or synthetic
+    feedback, a modulatory neuron) are replaced by fixed random feedback and no modulator,
+    since a fixed rule has no genome to hold them."""
+    import dataclasses
+
+    from .. import tasks
+
+    net = dataclasses.asdict(exp.config.network)
+    if net["feedback"] in ("learned", "synthetic"):
+        net["feedback"] = "random"
+    net["modulation"] = "none"
+    params = {k: v for k, v in exp.config.task.items() if k != "name"} | dict(overrides)
+    return tasks.make(exp.config.task["name"], network=net, **params)
 
 
 def summarize(values) -> dict[str, float]:
@@ -53,25 +82,35 @@ def rule_summary(rule: rules.Rule, genome) -> dict:
     return out
 
 
-def evaluate_final(exp, genome, instances: int, baselines=BASELINES) -> dict:
+def evaluate_final(exp, genome, instances: int, baselines=None) -> dict:
     """Held-out metrics of ``genome`` and of fixed reference rules, per task variant.
+
+    ``baselines``: names of fixed rules (default :func:`baselines_for` the task). ``fa``'s
+    step size is tuned like the backprop baselines' learning rate.
 
     Returns ``{variant: {rule_name: {metric: summary}}}``; the variant ``"trained"`` is the
     training task, others come from ``config.test.variants``.
     """
-    from .baselines import evaluate_backprop, supports_backprop
+    from .baselines import evaluate_backprop, evaluate_tuned_rule, supports_backprop
 
+    if baselines is None:
+        baselines = baselines_for(exp.family)
     variants = {"trained": {}} | dict(exp.config.test.variants)
     candidates = {"evolved": (exp.rule, genome), "random": (exp.rule, random_genome(exp))}
-    for name in baselines:
-        candidates[name] = (rules.make(name), jnp.zeros((0,)))
     results = {}
     for vname, overrides in variants.items():
         family = exp.family_variant(**overrides) if overrides else exp.family
+        plain = _baseline_family(exp, overrides)
         results[vname] = {}
         for cname, (rule, g) in candidates.items():
             raw = evaluate_genome(family, rule, g, instances)
             results[vname][cname] = {k: summarize(v) for k, v in raw.items()}
+        for name in baselines:
+            if name in TUNED_RULES:
+                raw = evaluate_tuned_rule(plain, name, instances)
+            else:
+                raw = evaluate_genome(plain, rules.make(name), jnp.zeros((0,)), instances)
+            results[vname][name] = {k: summarize(v) for k, v in raw.items()}
         if supports_backprop(family):
             init_ws = exp.rule.weights(genome) if exp.rule.weights is not None else None
             for opt in ("sgd", "adam"):
@@ -79,6 +118,8 @@ def evaluate_final(exp, genome, instances: int, baselines=BASELINES) -> dict:
                 results[vname][opt] = {k: summarize(v) for k, v in raw.items()}
     return results
 
+
+TUNED_RULES = ("fa",)  # fixed rules whose step size ``eta`` is swept on meta-train tasks
 
 RANDOM_RULE_SEED = 31_415
 
@@ -98,6 +139,8 @@ CANDIDATE_NAMES = {
     "random": "random rule",
     "oja": "oja (fixed)",
     "hebb": "hebb (fixed)",
+    "bcm": "bcm (fixed)",
+    "fa": "feedback alignment (fixed)",
     "sgd": "SGD (backprop)",
     "adam": "Adam (backprop)",
 }

@@ -3,37 +3,57 @@
 ``a_0 = x``, ``a_{l+1} = f_l(W_l a_l)``; after each forward pass, every layer applies
 ``W_l <- W_l + lr_t * rule.update(rule.select(genome, l), signals_l)`` where ``signals_l``
 holds only what synapse ``W_l[i, j]`` can know: ``a_l[j]``, ``a_{l+1}[i]``, ``W_l[i, j]``,
-the feedback value delivered to post neuron ``i`` and a scalar neuromodulator.
+the feedback value delivered to post neuron ``i``, a scalar neuromodulator and the rule's
+own state (e.g. BCM's threshold) of that neuron or synapse.
 
-Feedback (an error vector ``e`` at the output, when the task has one) reaches hidden
-layers through a pathway chosen by ``feedback``:
+Feedback (an error vector ``e`` at the output, when the task has one) reaches a hidden
+population ``a_l`` through a pathway chosen by ``feedback``:
 
 * ``"none"``: hidden layers receive zero;
 * ``"random"``: fixed random matrices ``B_l`` (feedback alignment; Lillicrap et al. 2016),
-  so no synapse needs the transpose of another layer's weights (no weight transport).
+  ``err_l = B_l e``, so no synapse needs the transpose of another layer's weights (no
+  weight transport);
+* ``"learned"``: ``err_l = B_l e`` with ``B_l`` part of the genome, evolved by the outer
+  loop with the rule (Lindsey & Litwin-Kumar 2020, "Learning to learn with feedback and
+  local plasticity");
+* ``"synthetic"``: a small linear predictor, part of the genome, computes the error from
+  the layer's own activity, ``err_l = M_l a_l + b_l`` (synthetic gradients; Jaderberg et
+  al. 2017, "Decoupled neural interfaces using synthetic gradients").
+
+With ``modulation: "network"`` a modulatory neuron, whose weights are part of the genome,
+computes the neuromodulator from the network's own activity and the output error,
+``m = tanh(v . [a_1, ..., a_L, e] + b)``, and every synapse receives it as ``mod``: a rule
+with ``mod`` terms is then gated by the network (Miconi et al. 2019, "Backpropamine").
+
+The genome parts a pathway or the modulatory neuron needs come from
+:meth:`LayeredNetwork.genome_parts` and are added to the rule's genome with
+:func:`evoplastic.rules.with_parts`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from ..rules.base import Genome, Rule, Signals
-from .rate import ACTIVATIONS
+from .rate import ACTIVATIONS, check_rule_state
 
-FEEDBACK = ("none", "random")
+FEEDBACK = ("none", "random", "learned", "synthetic")
+MODULATION = ("none", "network")
 
 
 @struct.dataclass
 class LayeredState:
-    """Weights ``ws[l]: [n_{l+1}, n_l]``, fixed feedback matrices and the step counter."""
+    """Weights ``ws[l]: [n_{l+1}, n_l]``, fixed feedback matrices, step counter, rule state."""
 
     ws: tuple
     feedback: tuple
     t: jax.Array
+    rule_state: Any = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +69,7 @@ class LayeredNetwork:
       w_init_std: initial weights ``~ N(0, w_init_std^2 / n_in)``.
       w_clip: clip weights to ``[-w_clip, w_clip]`` after each update (0: no clipping).
       feedback: the error pathway to hidden layers (see module docstring).
+      modulation: ``"none"`` or ``"network"`` (a modulatory neuron; see module docstring).
     """
 
     sizes: tuple[int, ...]
@@ -59,6 +80,13 @@ class LayeredNetwork:
     w_init_std: float = 1.0
     w_clip: float = 0.0
     feedback: str = "none"
+    modulation: str = "none"
+
+    def __post_init__(self):
+        if self.feedback not in FEEDBACK:
+            raise ValueError(f"network.feedback: unknown pathway {self.feedback!r}")
+        if self.modulation not in MODULATION:
+            raise ValueError(f"network.modulation: unknown kind {self.modulation!r}")
 
     @classmethod
     def from_options(cls, options: dict | None, n_in: int, n_out: int) -> LayeredNetwork:
@@ -70,18 +98,84 @@ class LayeredNetwork:
         keep = {f.name for f in dataclasses.fields(cls)} - {"sizes"}
         return cls(sizes=(n_in, *hidden, n_out), **{k: v for k, v in opts.items() if k in keep})
 
+    # -- wiring: which populations each weight matrix connects ---------------------------
+
+    @property
+    def wiring(self) -> tuple[tuple[int, int], ...]:
+        """``(pre, post)`` population indices of each weight matrix (indices into ``acts``)."""
+        return tuple((layer, layer + 1) for layer in range(len(self.sizes) - 1))
+
+    @property
+    def populations(self) -> tuple[int, ...]:
+        """Sizes of the populations in ``acts`` (input first, output last)."""
+        return tuple(self.sizes)
+
     @property
     def shapes(self) -> tuple[tuple[int, int], ...]:
-        return tuple((o, i) for i, o in zip(self.sizes[:-1], self.sizes[1:], strict=True))
+        pops = self.populations
+        return tuple((pops[post], pops[pre]) for pre, post in self.wiring)
 
-    def init(self, key: jax.Array) -> LayeredState:
+    @property
+    def hidden_populations(self) -> tuple[int, ...]:
+        """Populations that receive feedback: post of some matrix, not the output."""
+        posts = []
+        for _, post in self.wiring:
+            if post != len(self.populations) - 1 and post not in posts:
+                posts.append(post)
+        return tuple(posts)
+
+    # -- state and genome parts ----------------------------------------------------------
+
+    def init(self, key: jax.Array, rule: Rule | None = None) -> LayeredState:
+        """Random weights, fixed random feedback (``feedback: random``) and ``rule``'s state."""
         ws, fb = [], []
+        hidden = set(self.hidden_populations)
         for layer, (n_out, n_in) in enumerate(self.shapes):
             k_w, k_b = jax.random.split(jax.random.fold_in(key, layer))
             ws.append(self.w_init_std * jax.random.normal(k_w, (n_out, n_in)) / jnp.sqrt(n_in))
-            if self.feedback == "random" and layer < len(self.shapes) - 1:
-                fb.append(jax.random.normal(k_b, (n_out, self.sizes[-1])) / jnp.sqrt(n_out))
-        return LayeredState(ws=tuple(ws), feedback=tuple(fb), t=jnp.zeros((), jnp.int32))
+            post = self.wiring[layer][1]
+            if self.feedback == "random" and post in hidden and post not in self._fed(layer):
+                fb.append(self._feedback_matrix(k_b, post))
+        rule_state = () if rule is None else tuple(rule.init_state(s) for s in self.shapes)
+        return LayeredState(
+            ws=tuple(ws), feedback=tuple(fb), t=jnp.zeros((), jnp.int32), rule_state=rule_state
+        )
+
+    def _fed(self, layer: int) -> set:
+        """Hidden populations already given a feedback matrix by an earlier weight matrix."""
+        return {self.wiring[k][1] for k in range(layer)}
+
+    def _feedback_matrix(self, key: jax.Array, population: int) -> jax.Array:
+        n = self.populations[population]
+        return jax.random.normal(key, (n, self.populations[-1])) / jnp.sqrt(n)
+
+    def _feedback_matrices(self, key: jax.Array) -> tuple:
+        return tuple(
+            self._feedback_matrix(jax.random.fold_in(key, i), p)
+            for i, p in enumerate(self.hidden_populations)
+        )
+
+    def genome_parts(self) -> dict:
+        """The network parts that the outer loop evolves with the rule: ``{name: init(key)}``."""
+        parts = {}
+        pops = self.populations
+        if self.feedback == "learned":
+            parts["feedback"] = self._feedback_matrices
+        if self.feedback == "synthetic":
+
+            def synthetic(key):
+                return tuple(
+                    {"M": jnp.zeros((pops[p], pops[p])), "b": jnp.zeros(pops[p])}
+                    for p in self.hidden_populations
+                )
+
+            parts["synthetic"] = synthetic
+        if self.modulation == "network":
+            n = sum(pops[1:]) + pops[-1]
+            parts["modulator"] = lambda key: {"v": jnp.zeros(n), "b": jnp.zeros(())}
+        return parts
+
+    # -- dynamics ------------------------------------------------------------------------
 
     def forward(self, ws, x: jax.Array) -> list[jax.Array]:
         acts = [x]
@@ -91,14 +185,39 @@ class LayeredNetwork:
             acts.append(f(w @ acts[-1]))
         return acts
 
-    def hidden_errors(self, state: LayeredState, error: jax.Array | None) -> list:
-        n = len(self.shapes)
+    def population_errors(self, state, error, acts=None, parts=None) -> list:
+        """The error delivered to each population (``None`` for the input and, without a
+        task error, everywhere). Hidden populations get it through the feedback pathway."""
+        n_pop = len(self.populations)
         if error is None:
-            return [None] * n
-        errs = [jnp.zeros(self.sizes[layer + 1]) for layer in range(n - 1)] + [error]
-        if self.feedback == "random":
-            errs[:-1] = [b @ error for b in state.feedback]
+            return [None] * n_pop
+        errs: list = [None] * n_pop
+        errs[-1] = error
+        for i, p in enumerate(self.hidden_populations):
+            if self.feedback == "random":
+                errs[p] = state.feedback[i] @ error
+            elif self.feedback == "learned":
+                errs[p] = parts["feedback"][i] @ error
+            elif self.feedback == "synthetic":
+                pred = parts["synthetic"][i]
+                errs[p] = pred["M"] @ acts[p] + pred["b"]
+            else:
+                errs[p] = jnp.zeros(self.populations[p])
         return errs
+
+    def hidden_errors(self, state: LayeredState, error: jax.Array | None, acts=None, parts=None):
+        """The error delivered to the post neurons of each weight matrix."""
+        errs = self.population_errors(state, error, acts, parts)
+        return [errs[post] for _, post in self.wiring]
+
+    def modulator(self, acts, error, parts, task_modulator=None):
+        """The neuromodulator every synapse receives (the task's, or the network's own)."""
+        if self.modulation != "network":
+            return task_modulator
+        e = jnp.zeros(self.populations[-1]) if error is None else error
+        u = jnp.concatenate([*acts[1:], e])
+        m = parts["modulator"]
+        return jnp.tanh(m["v"] @ u + m["b"])
 
     def plasticity(
         self,
@@ -111,17 +230,31 @@ class LayeredNetwork:
     ) -> LayeredState:
         """Apply the rule to every layer, given the activities of a forward pass."""
         lr_t = self.lr / (1.0 + self.lr_decay * state.t)
-        errs = self.hidden_errors(state, error)
-        new = []
-        for layer, w in enumerate(state.ws):
-            sig = Signals(
-                pre=acts[layer], post=acts[layer + 1], w=w, err=errs[layer], mod=modulator
+        parts = rule.parts(genome) if rule.parts is not None else None
+        needs_parts = self.feedback in ("learned", "synthetic") or self.modulation != "none"
+        if parts is None and needs_parts:
+            raise ValueError(
+                f"network.feedback {self.feedback!r} / modulation {self.modulation!r}: the"
+                " genome lacks the network's parts (wrap the rule with rules.with_parts)"
             )
-            w = w + lr_t * rule.update(rule.select(genome, layer), sig)
+        errs = self.hidden_errors(state, error, acts, parts)
+        mod = self.modulator(acts, error, parts, modulator)
+        rule_states = state.rule_state or tuple(() for _ in self.wiring)
+        new, new_rs = [], []
+        for layer, (w, (pre, post)) in enumerate(zip(state.ws, self.wiring, strict=True)):
+            check_rule_state(rule, rule_states[layer], w.shape)
+            sig = Signals(
+                pre=acts[pre], post=acts[post], w=w, err=errs[layer], mod=mod,
+                state=rule_states[layer],
+            )  # fmt: skip
+            dw, rs = rule.apply(rule.select(genome, layer), sig)
+            w = w + lr_t * dw
             if self.w_clip:
                 w = jnp.clip(w, -self.w_clip, self.w_clip)
             new.append(w)
-        return state.replace(ws=tuple(new), t=state.t + 1)
+            new_rs.append(rs)
+        rule_state = tuple(new_rs) if state.rule_state else state.rule_state
+        return state.replace(ws=tuple(new), t=state.t + 1, rule_state=rule_state)
 
     def step(self, state, x, rule, genome, error=None, modulator=None):
         """Forward ``x``, then the plasticity of every layer; returns ``(state, output)``."""

@@ -10,6 +10,7 @@ online. ``run`` steps over a whole input stream with ``lax.scan``.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,15 +18,26 @@ from flax import struct
 
 from ..rules.base import Genome, Rule, Signals
 
+
+def check_rule_state(rule: Rule, rule_state, shape: tuple[int, int]) -> None:
+    """Raise a clear error when a stateful rule meets a network started without its state."""
+    want = jax.tree.structure(jax.eval_shape(lambda: rule.init_state(shape)))
+    if jax.tree.structure(rule_state) != want:
+        raise ValueError(
+            f"rule {rule.name!r} keeps a state: start the network with init(key, rule)"
+        )
+
+
 ACTIVATIONS = {"linear": lambda v: v, "tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
 @struct.dataclass
 class RateState:
-    """Weights ``w[n_out, n_in]`` and the step counter ``t``."""
+    """Weights ``w[n_out, n_in]``, the step counter ``t`` and the rule's state."""
 
     w: jax.Array
     t: jax.Array
+    rule_state: Any = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +59,15 @@ class RateNetwork:
     lr_decay: float = 0.02
     w_init_norm: float = 0.5
 
-    def init(self, key: jax.Array) -> RateState:
-        """Random weights, each row of norm ``w_init_norm``."""
-        return self.init_from(jax.random.normal(key, (self.n_out, self.n_in)))
+    def init(self, key: jax.Array, rule: Rule | None = None) -> RateState:
+        """Random weights, each row of norm ``w_init_norm`` (and ``rule``'s initial state)."""
+        return self.init_from(jax.random.normal(key, (self.n_out, self.n_in)), rule)
 
-    def init_from(self, direction: jax.Array) -> RateState:
+    def init_from(self, direction: jax.Array, rule: Rule | None = None) -> RateState:
         """Weights along ``direction[n_out, n_in]``, each row rescaled to ``w_init_norm``."""
         w = direction / jnp.linalg.norm(direction, axis=1, keepdims=True)
-        return RateState(w=self.w_init_norm * w, t=jnp.zeros((), jnp.int32))
+        rule_state = () if rule is None else rule.init_state((self.n_out, self.n_in))
+        return RateState(w=self.w_init_norm * w, t=jnp.zeros((), jnp.int32), rule_state=rule_state)
 
     def forward(self, w: jax.Array, x: jax.Array) -> jax.Array:
         return ACTIVATIONS[self.activation](w @ x)
@@ -70,9 +83,11 @@ class RateNetwork:
     ) -> tuple[RateState, jax.Array]:
         """One online step: respond to ``x``, then change the weights by the rule."""
         y = self.forward(state.w, x)
-        dw = rule.update(genome, Signals(pre=x, post=y, w=state.w, err=feedback, mod=modulator))
+        check_rule_state(rule, state.rule_state, (self.n_out, self.n_in))
+        sig = Signals(pre=x, post=y, w=state.w, err=feedback, mod=modulator, state=state.rule_state)
+        dw, rule_state = rule.apply(genome, sig)
         lr_t = self.lr / (1.0 + self.lr_decay * state.t)
-        return RateState(w=state.w + lr_t * dw, t=state.t + 1), y
+        return RateState(w=state.w + lr_t * dw, t=state.t + 1, rule_state=rule_state), y
 
     def run(
         self, state: RateState, xs: jax.Array, rule: Rule, genome: Genome

@@ -1,6 +1,7 @@
 """Plasticity rules: pure ``init``/``update`` pairs, and a registry to make them by name."""
 
-from .base import SIGNAL_NAMES, Rule, Signals, with_learned_init
+from .base import SIGNAL_NAMES, Rule, Signals, with_learned_init, with_parts
+from .fixed import bcm, fa
 from .hebbian import COEFFICIENTS, abcd, static
 from .mlp import mlp
 from .polynomial import (
@@ -23,7 +24,11 @@ RULES = {
     "static": static,
     "hebb": hebb,
     "oja": oja,
+    "bcm": bcm,
+    "fa": fa,
 }
+
+FIXED_RULES = ("hebb", "oja", "bcm", "fa")  # baselines with empty genomes
 
 
 def make(name: str, **kwargs) -> Rule:
@@ -37,6 +42,10 @@ __all__ = [
     "mlp",
     "static",
     "with_learned_init",
+    "with_parts",
+    "bcm",
+    "fa",
+    "FIXED_RULES",
     "DEFAULT_TERMS",
     "REFERENCE_RULES",
     "RULES",

@@ -8,9 +8,16 @@ A rule is a pair of pure functions over pytrees, in the style of optax's
 
 ``signals`` holds only what a synapse can know: its presynaptic rate ``pre``, its
 postsynaptic rate ``post``, its own weight ``w``, a feedback (error) value delivered to
-the post neuron and a scalar neuromodulator. A rule computes ``dw[i, j]`` from
-``pre[j]``, ``post[i]``, ``w[i, j]``, ``feedback[i]`` and ``modulator`` only; the tests
-check this locality with Jacobians.
+the post neuron, a scalar neuromodulator, the pre/post exponential traces (spiking
+networks) and the rule's own state for the layer. A rule computes ``dw[i, j]`` from
+``pre[j]``, ``post[i]``, ``w[i, j]``, ``err[i]``, ``mod``, ``pre_trace[j]``,
+``post_trace[i]`` and its state at ``i`` (or ``[i, j]``) only; the tests check this
+locality with Jacobians.
+
+Stateful rules (BCM's sliding threshold) declare ``init_state(shape) -> state`` and
+``next_state(genome, signals) -> state``; the network carries the state of every layer
+and hands it back as ``signals.state``. Each state leaf is shaped ``[n_out]`` (one value a
+post neuron) or ``[n_out, n_in]`` (one a synapse), so it stays local.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from flax import struct
 
 Genome = Any  # a pytree of arrays
 
-SIGNAL_NAMES = ("pre", "post", "w", "err", "mod")
+SIGNAL_NAMES = ("pre", "post", "w", "err", "mod", "pre_trace", "post_trace")
 
 
 @struct.dataclass
@@ -38,6 +45,9 @@ class Signals:
       w: weights, shape ``[n_out, n_in]``.
       err: a feedback value delivered to each post neuron, shape ``[n_out]`` (zeros if none).
       mod: a scalar neuromodulator (zero if none).
+      pre_trace, post_trace: exponential traces of pre/post activity, shapes ``[n_in]`` and
+        ``[n_out]`` (spiking networks; zeros if none).
+      state: the rule's own state for this layer (see :attr:`Rule.init_state`).
     """
 
     pre: jax.Array
@@ -45,17 +55,24 @@ class Signals:
     w: jax.Array
     err: jax.Array | None = None
     mod: jax.Array | None = None
+    pre_trace: jax.Array | None = None
+    post_trace: jax.Array | None = None
+    state: Any = ()
 
     def broadcast(self) -> dict[str, jax.Array]:
         """Each signal as an array broadcastable to ``w``'s shape ``[n_out, n_in]``."""
         err = jnp.zeros_like(self.post) if self.err is None else self.err
         mod = jnp.zeros((), self.w.dtype) if self.mod is None else self.mod
+        pre_tr = jnp.zeros_like(self.pre) if self.pre_trace is None else self.pre_trace
+        post_tr = jnp.zeros_like(self.post) if self.post_trace is None else self.post_trace
         return {
             "pre": self.pre[None, :],
             "post": self.post[:, None],
             "w": self.w,
             "err": err[:, None],
             "mod": jnp.asarray(mod),
+            "pre_trace": pre_tr[None, :],
+            "post_trace": post_tr[:, None],
         }
 
 
@@ -73,6 +90,13 @@ class Rule:
         shares one genome across layers, per-layer rules return ``genome[l]``.
       weights: for rules that fix the weights instead of changing them (the static
         baseline), the network weights a genome encodes; ``None`` otherwise.
+      init_state: ``init_state((n_out, n_in)) -> state``, the rule's state for a layer of
+        that shape before the first step (``()``: a stateless rule).
+      next_state: ``next_state(genome, signals) -> state``, the state after a step; it
+        reads the current state from ``signals.state``.
+      parts: for genomes that also hold parts of the network (learned feedback weights,
+        a synthetic-error predictor, a modulatory neuron; see :func:`with_parts`), those
+        parts by name; ``None`` otherwise.
     """
 
     name: str
@@ -82,6 +106,13 @@ class Rule:
     terms: tuple[str, ...] = ()
     select: Callable[[Genome, int], Genome] = lambda genome, layer: genome
     weights: Callable[[Genome], tuple] | None = None
+    init_state: Callable[[tuple[int, int]], Any] = lambda shape: ()
+    next_state: Callable[[Genome, Signals], Any] = lambda genome, signals: signals.state
+    parts: Callable[[Genome], dict] | None = None
+
+    def apply(self, genome: Genome, signals: Signals) -> tuple[jax.Array, Any]:
+        """``(dw, next state)`` of one layer: what a network calls at every step."""
+        return self.update(genome, signals), self.next_state(genome, signals)
 
     def num_params(self) -> int:
         """Number of evolvable numbers in this rule's genome."""
@@ -113,4 +144,35 @@ def with_learned_init(rule: Rule, shapes: tuple[tuple[int, int], ...], scale: fl
         select=lambda g, layer: rule.select(g["rule"], layer),
         weights=lambda g: tuple(g["w0"]),
         terms=(),
+        parts=None if rule.parts is None else (lambda g: rule.parts(g["rule"])),
+    )
+
+
+def with_parts(rule: Rule, parts: dict[str, Callable[[jax.Array], Genome]]) -> Rule:
+    """The same rule with parts of the network added to the genome.
+
+    The genome becomes ``{"rule": <rule genome>, name: part, ...}`` where each part is
+    drawn by ``parts[name](key)``: for example learned feedback weights (Lindsey &
+    Litwin-Kumar 2020), a synthetic-error predictor (Jaderberg et al. 2016) or a
+    modulatory neuron (Miconi et al. 2019). The network reads them with ``rule.parts``;
+    the outer loop evolves them with the rule. Synapses still see only local signals.
+    """
+    names = tuple(parts)
+
+    def init(key: jax.Array) -> Genome:
+        out = {"rule": rule.init(jax.random.fold_in(key, 0))}
+        for i, name in enumerate(names):
+            out[name] = parts[name](jax.random.fold_in(key, i + 1))
+        return out
+
+    return dataclasses.replace(
+        rule,
+        init=init,
+        update=lambda g, signals: rule.update(g, signals),
+        next_state=lambda g, signals: rule.next_state(g, signals),
+        describe=lambda g: rule.describe(g["rule"]) + f"\n(with evolved {', '.join(names)})",
+        select=lambda g, layer: rule.select(g["rule"], layer),
+        weights=None if rule.weights is None else (lambda g: rule.weights(g["rule"])),
+        terms=(),
+        parts=lambda g: {name: g[name] for name in names},
     )

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from .. import networks
 from ..networks.layered import LayeredNetwork
 from .base import split_key
 
@@ -110,7 +111,7 @@ class ControlFamily:
         params = self.params
         net = self.network
         obs, env_state = env.reset_env(task.reset_key, params)
-        state = net.init(task.weight_key)
+        state = net.init(task.weight_key, rule)
         if rule.weights is not None:
             state = state.replace(ws=tuple(rule.weights(genome)))
 
@@ -142,4 +143,4 @@ class ControlFamily:
         n_in = env.observation_space(env_params).shape[0]
         space = env.action_space(env_params)
         n_out = space.shape[0] if env_name == "Pendulum-v1" else space.n
-        return cls(network=LayeredNetwork.from_options(network, n_in, n_out), **params)
+        return cls(network=networks.from_options(network, n_in, n_out), **params)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from .. import networks
 from ..networks.rate import RateNetwork, RateState
 from .base import split_key
 
@@ -87,7 +88,7 @@ class PCAFamily:
 
     def inner_loop(self, rule, genome, task: PCATask, key: jax.Array | None = None):
         del key  # the instance carries all of its randomness
-        state = self.init_inner(task)
+        state = self.init_inner(task, rule=rule)
         state, _ = self.network.run(state, task.xs, rule, genome)
         return self.score(task, state)
 
@@ -95,10 +96,11 @@ class PCAFamily:
     # inner loop above equals ``init_inner``, ``inner_step`` for t = 0 .. steps - 1, and
     # ``score``; tests/test_unroll.py checks that they agree.
 
-    def init_inner(self, task: PCATask, key: jax.Array | None = None) -> RateState:
-        """The network state before step 0 of an instance."""
+    def init_inner(self, task: PCATask, key: jax.Array | None = None, rule=None) -> RateState:
+        """The network state before step 0 of an instance (with ``rule``'s initial state,
+        which a stateful rule such as ``bcm`` needs)."""
         del key
-        return self.network.init_from(task.w0)
+        return self.network.init_from(task.w0, rule)
 
     def inner_step(self, rule, genome, task: PCATask, state: RateState, t) -> RateState:
         """Step ``t`` of the inner loop (``t`` may be traced): learn from input ``xs[t]``."""
@@ -115,8 +117,7 @@ class PCAFamily:
 
     @classmethod
     def create(cls, network: dict | None = None, **params) -> PCAFamily:
-        """Make the family; ``network`` holds :class:`RateNetwork` options."""
+        """Make the family; ``network`` holds :class:`RateNetwork` options
+        (``kind: lif`` and its ``lif`` options for a spiking neuron)."""
         dim = params.get("dim", cls.dim)
-        keep = {f.name for f in dataclasses.fields(RateNetwork)} - {"n_in", "n_out"}
-        opts = {k: v for k, v in (network or {}).items() if k in keep}
-        return cls(network=RateNetwork(n_in=dim, n_out=1, **opts), **params)
+        return cls(network=networks.from_options(network, dim, 1, default="rate"), **params)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from .. import networks
 from ..networks.layered import LayeredNetwork
 from .base import split_key
 
@@ -71,7 +72,7 @@ class _Supervised:
     def inner_loop(self, rule, genome, task: SupervisedTask, key=None):
         del key
         net = self.network
-        state = net.init(task.weight_key)
+        state = net.init(task.weight_key, rule)
         if rule.weights is not None:
             state = state.replace(ws=tuple(rule.weights(genome)))
 
@@ -151,7 +152,7 @@ class SinusoidFamily(_Supervised):
 
     @classmethod
     def create(cls, network: dict | None = None, **params) -> SinusoidFamily:
-        return cls(network=LayeredNetwork.from_options(network, 1, 1), **params)
+        return cls(network=networks.from_options(network, 1, 1), **params)
 
 
 @functools.lru_cache(maxsize=1)
@@ -224,5 +225,5 @@ class DigitsFamily(_Supervised):
             if name in params:
                 params[name] = tuple(params[name])
         return cls(
-            network=LayeredNetwork.from_options(network, 64, params.get("ways", cls.ways)), **params
+            network=networks.from_options(network, 64, params.get("ways", cls.ways)), **params
         )
