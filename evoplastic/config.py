@@ -223,7 +223,7 @@ class Config:
     seed: int = 0
     generations: int = 100
     backend: str = "local"
-    task: dict = dataclasses.field(default_factory=lambda: {"name": "pca"})
+    task: dict | str = dataclasses.field(default_factory=lambda: {"name": "pca"})
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
     rule: dict = dataclasses.field(default_factory=lambda: {"name": "polynomial"})
     strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
@@ -270,7 +270,7 @@ def parse(data: Any) -> Config:
       ConfigError: naming the first field at fault.
     """
     cfg = _from_dict(Config, data, "")
-    task_name, task_params = _named(cfg.task, "task", tasks.TASKS)
+    task_name, task_params, task_factory = _task(cfg.task)
     rule_name, rule_params = _named(cfg.rule, "rule", rules.RULES)
     _positive("generations", cfg.generations)
     if cfg.backend not in BACKENDS:
@@ -317,7 +317,9 @@ def parse(data: Any) -> Config:
     for vname, overrides in cfg.test.variants.items():
         if not isinstance(overrides, dict):
             raise ConfigError(f"test.variants.{vname}: expected a mapping of task parameters")
-        _kwargs_of(tasks.TASKS[task_name], overrides, f"test.variants.{vname}")
+        if task_factory is None:
+            raise ConfigError(f"test.variants.{vname}: not available for a Python task object")
+        _kwargs_of(task_factory, overrides, f"test.variants.{vname}")
     for key, value in task_params.items():
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             if key in ("dim", "steps", "scale_min", "scale_max"):
@@ -326,6 +328,53 @@ def parse(data: Any) -> Config:
     return dataclasses.replace(
         cfg, task={"name": task_name, **task_params}, rule={"name": rule_name, **rule_params}
     )
+
+
+def _task(section) -> tuple[str, dict, Any]:
+    """``(name, params, factory)`` of the ``task`` section: a registered family's name, or
+    a user factory's import path, ``"package.module:make_task"`` (see tasks/custom.py)."""
+    from .tasks import custom
+
+    if isinstance(section, str):
+        section = {"name": section}
+    name = section.get("name")
+    if (
+        name in tasks.TASKS
+        or not isinstance(name, str)
+        or not (custom.is_import_path(name) or name.startswith(custom.PYTHON_PREFIX))
+    ):
+        name, params = _named(section, "task", tasks.TASKS)
+        return name, params, tasks.TASKS[name]
+    params = {k: v for k, v in section.items() if k not in ("name", "genome")}
+    try:
+        custom.genome_from_config(section.get("genome"))
+        factory = None if name.startswith(custom.PYTHON_PREFIX) else custom.load_factory(name)
+    except custom.FitnessError as err:
+        field = "task.genome" if str(err).startswith("task.genome") else "task.name"
+        raise ConfigError(f"{field}: {str(err).removeprefix('task.genome: ')}") from None
+    if factory is not None:
+        try:
+            sig = inspect.signature(factory)
+        except (TypeError, ValueError):
+            sig = None
+        takes_any = sig is None or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()
+        )
+        if not takes_any:
+            try:
+                params = _kwargs_of(factory, params, "task")
+            except (NameError, TypeError):  # annotations that cannot be resolved
+                params = {k: _check_value(f"task.{k}", v, Any) for k, v in params.items()}
+            simple = (int, float, str, bool, type(None))
+            defaults = {
+                k: v
+                for k, v in _defaults(factory, skip=SET_BY_TASK + ("genome",)).items()
+                if isinstance(v, simple)
+            }
+            params = defaults | params
+    if "genome" in section:
+        params["genome"] = section["genome"]
+    return name, params, factory
 
 
 META_OPTIMIZERS = ("es", "gradient")

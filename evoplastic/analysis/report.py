@@ -63,6 +63,8 @@ def evaluate_final(exp, genome, instances: int, baselines=BASELINES) -> dict:
 
     variants = {"trained": {}} | dict(exp.config.test.variants)
     candidates = {"evolved": (exp.rule, genome), "random": (exp.rule, random_genome(exp))}
+    if not getattr(exp.family, "uses_rules", True):  # a fitness function: no rule baselines
+        baselines = ()
     for name in baselines:
         candidates[name] = (rules.make(name), jnp.zeros((0,)))
     results = {}
