@@ -18,6 +18,7 @@ they rank last and never reach the strategy state.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 
 import jax
@@ -186,12 +187,17 @@ class GenerationStep:
     def _evaluate_checked(self, population, run_key, generation, shard) -> jax.Array:
         """Raw fitness of a shard; a failing member raises :class:`MemberError`."""
         first = int(shard) * self.shard_size
+        # a raising host callback is reported here, with the member, not logged by JAX
+        quiet = logging.getLogger("jax._src.debugging")
+        level, quiet.disabled = quiet.disabled, True
         try:
             raw, bad, errors = self._evaluate(population, run_key, generation, shard)
             bad = np.asarray(bad)
         except jax.errors.JaxRuntimeError as err:
             member, reason = self._locate(population, run_key, generation, shard, err)
             raise MemberError(int(generation), member, reason) from None
+        finally:
+            quiet.disabled = level
         for i in np.flatnonzero(bad):
             if first + i < self.population_size:  # padding rows are not members
                 reason = jax.tree.map(lambda x, i=i: x[i], errors).get()

@@ -34,7 +34,9 @@ import copy
 import dataclasses
 import importlib
 import inspect
+import os
 import re
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -72,7 +74,7 @@ def load_factory(path: str) -> Callable:
         raise FitnessError(f"{path!r} is not an import path of the form 'package.module:function'")
     module_name, _, attr = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except Exception as err:  # noqa: BLE001 (any import failure is the user's to fix)
         raise FitnessError(
             f"cannot import module {module_name!r} of {path!r}:"
@@ -89,6 +91,22 @@ def load_factory(path: str) -> Callable:
             " family or a fitness function)"
         )
     return obj
+
+
+def _import(module_name: str):
+    """Import a module from ``sys.path`` or, failing that, the current directory (as a
+    script run from there would; the ``evoplastic`` command does not have it on its path)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        top = module_name.split(".")[0]
+        cwd = os.getcwd()
+        if err.name != top or cwd in sys.path or not (
+            os.path.isdir(os.path.join(cwd, top)) or os.path.isfile(os.path.join(cwd, top + ".py"))
+        ):
+            raise
+        sys.path.insert(0, cwd)
+        return importlib.import_module(module_name)
 
 
 def is_task_family(obj) -> bool:
@@ -393,6 +411,31 @@ def _jaxpr_fingerprint(closed) -> tuple:
     return str(closed.jaxpr), tuple(c.tobytes() + str(c.shape).encode() for c in consts)
 
 
+def _fingerprints(fitness, template, key) -> tuple | None:
+    """Two traces of ``fitness``, to compare; ``None`` if that cannot be done.
+
+    ``checkify`` numbers its checks with a global counter, so traces of a checkified
+    function always differ; ``checkify.check`` is made a no-op for these two traces
+    instead. A fitness that imported ``check`` by name cannot be traced that way and is
+    not compared.
+    """
+
+    def trace():
+        return jax.make_jaxpr(lambda g, k: fitness(g, k))(template, key)
+
+    def no_check(*args, **kwargs):
+        return None
+
+    original = checkify.check
+    checkify.check = no_check
+    try:
+        return _jaxpr_fingerprint(trace()), _jaxpr_fingerprint(trace())
+    except Exception:  # noqa: BLE001 (the checkified traces already passed)
+        return None
+    finally:
+        checkify.check = original
+
+
 def check_fitness(fitness: Callable, genome_template, name: str = "fitness") -> None:
     """Trace ``fitness(genome, key)`` and raise :class:`FitnessError` on a usual mistake.
 
@@ -450,6 +493,7 @@ def check_fitness(fitness: Callable, genome_template, name: str = "fitness") -> 
             " runs its Python code once, when traced, not at every evaluation; keep it a pure"
             " function of (genome, key)"
         )
+    fingerprints = _fingerprints(fitness, template, key)
     out = first.out_avals
     if len(out) != 1:
         raise FitnessError(
@@ -465,7 +509,7 @@ def check_fitness(fitness: Callable, genome_template, name: str = "fitness") -> 
             f" {tuple(aval.shape)} and dtype {aval.dtype}; reduce it, e.g. jnp.mean(...) or"
             " jnp.sum(...)"
         )
-    if _jaxpr_fingerprint(first) != _jaxpr_fingerprint(second):
+    if fingerprints is not None and fingerprints[0] != fingerprints[1]:
         raise FitnessError(
             f"{what} gives a different computation each time it is traced: it reads Python"
             " state that changes between calls (a global, a counter, numpy or `random` draws,"
