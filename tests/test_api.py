@@ -186,7 +186,8 @@ def _population(run_dir: Path, fitness, template, generation: int):
     payload = checkpoint.load_latest(run_dir / "checkpoints")
     assert payload["generation"] == generation  # the last finished generation is kept
     state = exp.init_state(jax.random.PRNGKey(cfg.seed))
-    state = jax.tree.unflatten(jax.tree.structure(state), [jnp.asarray(x) for x in payload["state"]])
+    leaves = [jnp.asarray(x) for x in payload["state"]]
+    state = jax.tree.unflatten(jax.tree.structure(state), leaves)
     population, _ = exp.generation_step().ask(state, jax.random.PRNGKey(cfg.seed), generation)
     return np.asarray(population)
 

@@ -101,8 +101,13 @@ def _import(module_name: str):
     except ModuleNotFoundError as err:
         top = module_name.split(".")[0]
         cwd = os.getcwd()
-        if err.name != top or cwd in sys.path or not (
-            os.path.isdir(os.path.join(cwd, top)) or os.path.isfile(os.path.join(cwd, top + ".py"))
+        if (
+            err.name != top
+            or cwd in sys.path
+            or not (
+                os.path.isdir(os.path.join(cwd, top))
+                or os.path.isfile(os.path.join(cwd, top + ".py"))
+            )
         ):
             raise
         sys.path.insert(0, cwd)
@@ -473,7 +478,6 @@ def check_fitness(fitness: Callable, genome_template, name: str = "fitness") -> 
     try:
         with jax.checking_leaks():
             first = jax.make_jaxpr(tracer())(template, key)
-            second = jax.make_jaxpr(tracer())(template, key)
     except FitnessError:
         raise
     except Exception as err:  # noqa: BLE001 (any trace failure is reported in one line)
