@@ -286,6 +286,7 @@ def evolve(
     final_instances: int = 32,
     workers: int | None = None,
     ray_address: str | None = None,
+    ray_options: dict | None = None,
     resume: bool = False,
     name: str = "evolve",
     callback: Callable[[dict], None] | None = None,
@@ -303,7 +304,8 @@ def evolve(
       strategy: an evosax strategy name (``evoplastic list`` shows them).
       population_size, generations, seed: as in a config.
       backend: ``"local"`` (in process) or ``"ray"`` (actors; ``workers``,
-        ``ray_address``; a running Ray instance is used if there is one).
+        ``ray_address`` and the config's other ``ray`` options in ``ray_options``; a
+        running Ray instance is used if there is one, else a local one is started).
       run_dir: a new directory for ``config.yaml``, ``metrics.jsonl``, checkpoints,
         ``best_rule.json`` and ``eval.json`` (the layout of ``evoplastic run``); ``None``
         keeps nothing on disk.
@@ -368,7 +370,7 @@ def evolve(
             "final_instances": final_instances,
         },
         "checkpoint": {"every": checkpoint_every},
-        "ray": {"address": ray_address, "workers": workers},
+        "ray": {"address": ray_address, "workers": workers, **(ray_options or {})},
     }
     return _run(data, obj, _rule_with_init(rule, genome_template), run_dir, resume, callback, check)
 

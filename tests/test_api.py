@@ -286,3 +286,70 @@ def test_cli_imports_a_user_task_from_the_current_directory(tmp_path, monkeypatc
     best = json.loads((tmp_path / "run" / "best_rule.json").read_text())
     assert best["rule"] == "genome" and len(best["genome_flat"]) == 2
     assert best["equation"].startswith("genome = [")
+
+
+def _ray_instance():
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    return ray
+
+
+RAY = {"backend": "ray", "workers": 2}
+SHARDS = {"population_size": 8, "shard_size": 4, "checkpoint_every": 1, "final_instances": 2}
+
+
+def _fitness_columns(run_dir):
+    cols = ("generation", "best_loss", "mean_loss", "median_loss")
+    return [{k: r[k] for k in cols} for r in ep.trainer.read_metrics(run_dir)]
+
+
+def test_ray_backend_runs_a_python_fitness_and_reports_its_failing_member(tmp_path):
+    """On a real local Ray instance (2 CPUs) a Python closure (shipped to the actors by
+    value) gives the local run's metrics bit for bit, up to the same failing member."""
+    import os
+
+    fitness = ct.make_checked(limit=1.0)
+    with pytest.raises(ep.MemberError) as local:
+        ep.evolve(fitness, jnp.zeros(2), generations=30, run_dir=tmp_path / "local", **SHARDS)
+    cache = {"compilation_cache": os.environ["EVOPLASTIC_CACHE_DIR"]}  # the local executables
+    ray = _ray_instance()
+    try:
+        with pytest.raises(ep.MemberError) as remote:
+            ep.evolve(
+                fitness,
+                jnp.zeros(2),
+                generations=30,
+                run_dir=tmp_path / "ray",
+                ray_options=cache,
+                **SHARDS,
+                **RAY,
+            )
+    finally:
+        ray.shutdown()
+    assert (remote.value.generation, remote.value.member) == (
+        local.value.generation,
+        local.value.member,
+    )
+    assert "not below the limit" in str(remote.value)
+    assert _fitness_columns(tmp_path / "ray") == _fitness_columns(tmp_path / "local")
+    assert len(_fitness_columns(tmp_path / "ray")) == local.value.generation
+
+
+@pytest.mark.slow
+def test_ray_backend_runs_a_task_named_by_import_path(tmp_path):
+    """The actors import the factory themselves (the config route of `evoplastic run`)."""
+    local = ep.evolve("tests.custom_tasks:make_quadratic", jnp.zeros(3), generations=4, **SHARDS)
+    ray = _ray_instance()
+    try:
+        remote = ep.evolve(
+            "tests.custom_tasks:make_quadratic", jnp.zeros(3), generations=4, **SHARDS, **RAY
+        )
+    finally:
+        ray.shutdown()
+    np.testing.assert_array_equal(np.asarray(remote.genome), np.asarray(local.genome))
