@@ -33,6 +33,12 @@ def _suggest(key: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _show(key) -> str:
+    """A key as it appears in a message: plain if it is a one-line name, else its repr."""
+    text = str(key)
+    return text if isinstance(key, str) and text.isprintable() and text.strip() else repr(key)
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -93,7 +99,7 @@ def _from_dict(cls, data: Any, path: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        where = f"{path}.{key}" if path else str(key)
+        where = f"{path}.{_show(key)}" if path else _show(key)
         if key not in fields:
             raise ConfigError(f"{where}: unknown key{_suggest(str(key), fields)}")
         sub = hints[key]
@@ -115,7 +121,7 @@ def _kwargs_of(factory, data: dict, path: str, skip=SET_BY_TASK) -> dict:
     out = {}
     for key, value in data.items():
         if key not in params:
-            raise ConfigError(f"{path}.{key}: unknown key{_suggest(key, params)}")
+            raise ConfigError(f"{path}.{_show(key)}: unknown key{_suggest(str(key), params)}")
         out[key] = _check_value(f"{path}.{key}", value, hints.get(key, Any))
     return out
 
@@ -339,8 +345,8 @@ def _task(section) -> tuple[str, dict, Any]:
         section = {"name": section}
     name = section.get("name")
     if (
-        name in tasks.TASKS
-        or not isinstance(name, str)
+        not isinstance(name, str)
+        or name in tasks.TASKS
         or not (custom.is_import_path(name) or name.startswith(custom.PYTHON_PREFIX))
     ):
         name, params = _named(section, "task", tasks.TASKS)
