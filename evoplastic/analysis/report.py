@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import rules
-from ..backends import evaluate_genome
+from ..backends import evaluate_genome, make_genome_evaluator
 
 BASELINES = ("oja", "hebb")
 
@@ -71,8 +71,11 @@ def evaluate_final(exp, genome, instances: int, baselines=BASELINES) -> dict:
     for vname, overrides in variants.items():
         family = exp.family_variant(**overrides) if overrides else exp.family
         results[vname] = {}
+        evaluators = {}  # one compiled evaluator per rule (evolved and random share one)
         for cname, (rule, g) in candidates.items():
-            raw = evaluate_genome(family, rule, g, instances)
+            if id(rule) not in evaluators:
+                evaluators[id(rule)] = make_genome_evaluator(family, rule)
+            raw = evaluate_genome(family, rule, g, instances, evaluators[id(rule)])
             results[vname][cname] = {k: summarize(v) for k, v in raw.items()}
         if supports_backprop(family):
             init_ws = exp.rule.weights(genome) if exp.rule.weights is not None else None
