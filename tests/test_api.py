@@ -44,11 +44,18 @@ def compilation_cache():
     enable_compilation_cache()
 
 
-def test_evolve_finds_the_minimum_and_records_history():
+RUN = {"population_size": 16, "generations": 25, "checkpoint_every": 5, "final_instances": 4}
+
+
+@pytest.fixture(scope="module")
+def converged():
+    """One uninterrupted run (shared: the resume test continues the same run)."""
     seen = []
-    result = ep.evolve(
-        quadratic, jnp.zeros(3), population_size=16, generations=25, callback=seen.append
-    )
+    return ep.evolve(quadratic, jnp.zeros(3), callback=seen.append, **RUN), seen
+
+
+def test_evolve_finds_the_minimum_and_records_history(converged):
+    result, seen = converged
     np.testing.assert_allclose(np.asarray(result.genome), np.asarray(TARGET), atol=0.05)
     assert result.rule is result.genome  # a fitness function has no rule: the genome
     assert result.run_dir is None and result.generations == 25
@@ -70,32 +77,32 @@ def test_meta_gradient_takes_the_analytic_sgd_steps():
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False))
 
 
-def test_run_dir_has_the_cli_layout_and_an_interrupted_run_resumes_identically(tmp_path):
-    kwargs = {"population_size": 8, "generations": 6, "checkpoint_every": 2, "final_instances": 4}
-    whole = ep.evolve(quadratic, jnp.zeros(3), run_dir=tmp_path / "whole", **kwargs)
-    names = {p.name for p in (tmp_path / "whole").iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "checkpoints", "best_rule.json", "eval.json"} <= names
-    best = json.loads((tmp_path / "whole" / "best_rule.json").read_text())
-    np.testing.assert_allclose(best["genome_flat"], np.asarray(whole.genome), rtol=1e-6)
-    assert len((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()) == 6
-    assert whole.summary["eval"]["trained"]["evolved"]["loss"]["n"] == 4
+def test_an_interrupted_run_resumes_identically_in_the_cli_layout(converged, tmp_path):
+    whole, _ = converged
 
-    def stop_at_3(record):
-        if record["generation"] == 2:
+    def stop(record):
+        if record["generation"] == 11:
             raise KeyboardInterrupt
 
     part = tmp_path / "part"
     with pytest.raises(ep.trainer.Interrupted):
-        ep.evolve(quadratic, jnp.zeros(3), run_dir=part, callback=stop_at_3, **kwargs)
-    assert checkpoint.list_checkpoints(part / "checkpoints")[-1][0] == 3
+        ep.evolve(quadratic, jnp.zeros(3), run_dir=part, callback=stop, **RUN)
+    assert checkpoint.list_checkpoints(part / "checkpoints")[-1][0] == 12
     with pytest.raises(FileExistsError, match="resume=True"):
-        ep.evolve(quadratic, jnp.zeros(3), run_dir=part, **kwargs)
-    resumed = ep.evolve(quadratic, jnp.zeros(3), run_dir=part, resume=True, **kwargs)
+        ep.evolve(quadratic, jnp.zeros(3), run_dir=part, **RUN)
+    resumed = ep.evolve(quadratic, jnp.zeros(3), run_dir=part, resume=True, **RUN)
     np.testing.assert_array_equal(np.asarray(resumed.genome), np.asarray(whole.genome))
     cols = ("generation", "best_loss", "mean_loss")
     assert [{k: r[k] for k in cols} for r in resumed.history] == [
         {k: r[k] for k in cols} for r in whole.history
     ]
+    names = {p.name for p in part.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "checkpoints", "best_rule.json", "eval.json"} <= names
+    best = json.loads((part / "best_rule.json").read_text())
+    np.testing.assert_allclose(best["genome_flat"], np.asarray(whole.genome), rtol=1e-6)
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 25
+    assert resumed.summary["eval"]["trained"]["evolved"]["loss"]["n"] == 4
+    assert resumed.run_dir == part
 
 
 def test_task_family_with_a_rule_returns_the_rule_as_a_callable():
@@ -300,7 +307,7 @@ def _ray_instance():
     return ray
 
 
-RAY = {"backend": "ray", "workers": 2}
+RAY = {"backend": "ray", "workers": 1}  # one actor: two shards, each evaluated remotely
 SHARDS = {"population_size": 8, "shard_size": 4, "checkpoint_every": 1, "final_instances": 2}
 
 
@@ -310,7 +317,7 @@ def _fitness_columns(run_dir):
 
 
 def test_ray_backend_runs_a_python_fitness_and_reports_its_failing_member(tmp_path):
-    """On a real local Ray instance (2 CPUs) a Python closure (shipped to the actors by
+    """On a real local Ray instance (2 CPUs) a Python closure (shipped to the actor by
     value) gives the local run's metrics bit for bit, up to the same failing member."""
     import os
 

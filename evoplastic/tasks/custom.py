@@ -196,12 +196,15 @@ class FitnessTask:
 
     @property
     def rule(self) -> Rule:
+        """The genome as the rule (:func:`genome_rule`)."""
         return genome_rule(self.genome_template)
 
     def sample(self, key: jax.Array, split: str) -> jax.Array:
+        """An instance: the key with the split folded in."""
         return split_key(key, split)
 
     def inner_loop(self, rule, genome, task, key=None):
+        """``(fitness(genome, task), {})``; a failed check gives a NaN loss."""
         return _as_loss(nan_on_failed_check(self.fitness)(genome, task)), {}
 
     def train_fitness(self, rule, instances: int) -> Callable:
@@ -219,12 +222,15 @@ class FitnessTask:
         return fitness
 
     def init_inner(self, task, key=None) -> jax.Array:
+        """The one-step inner state before the step: a zero loss."""
         return jnp.zeros((), jnp.result_type(float))
 
     def inner_step(self, rule, genome, task, state, t) -> jax.Array:
+        """The only step: the loss (a failed check gives NaN)."""
         return _as_loss(nan_on_failed_check(self.fitness)(genome, task))
 
     def score(self, task, state):
+        """``(loss, {})`` of the inner state."""
         return state, {}
 
 
@@ -247,17 +253,21 @@ class CheckedFamily:
         return getattr(self.__dict__["family"], name)
 
     def sample(self, key, split):
+        """The family's instance."""
         return self.family.sample(key, split)
 
     def inner_loop(self, rule, genome, task, key):
+        """The family's inner loop; a failed check gives a NaN loss."""
         return nan_on_failed_check(self.family.inner_loop)(rule, genome, task, key)
 
     def train_fitness(self, rule, instances: int) -> Callable:
+        """The family's training fitness, unchecked (evaluated under ``checkify``)."""
         from ..backends.local import task_fitness
 
         return task_fitness(self.family, rule, instances)
 
     def score(self, task, state):
+        """The family's score; a failed check gives a NaN loss."""
         return nan_on_failed_check(self.family.score)(task, state)
 
 
