@@ -160,6 +160,7 @@ FAST = settings(
     max_examples=150,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
@@ -182,7 +183,7 @@ def test_mutated_configs_parse_or_fail_with_one_line(data):
         _one_line(str(err))
 
 
-BUILD = settings(max_examples=25, deadline=None, derandomize=True)
+BUILD = settings(max_examples=25, deadline=None, derandomize=True, database=None)
 
 
 @BUILD
