@@ -463,6 +463,7 @@ def list_():
     click.echo("strategies: " + ", ".join(meta.STRATEGIES))
     click.echo("truncated:  " + ", ".join(meta.TRUNCATED_STRATEGIES) + "  (meta.truncation > 0)")
     click.echo("meta:       es, gradient  (meta.optimizer)")
+    click.echo("selection:  strategy, learned  (meta.selection, meta.selection_policy)")
     click.echo("backends:   local, ray")
 
 
@@ -477,17 +478,127 @@ def list_():
 )
 @click.option("--no-scaling", is_flag=True, help="Skip the population-scaling runs.")
 @click.option("--ray", "with_ray", is_flag=True, help="Also time local vs Ray with 1 and 2 actors.")
-def bench(quick, json_path, memory, no_scaling, with_ray):
-    """Generation time against a minimal loop, machine limits, roofline and scaling."""
-    from .bench import run_bench
+@click.option(
+    "--only",
+    multiple=True,
+    help="Time only this config (repeatable): pca, hebbian, mlp_rule, control.",
+)
+@click.option("--population", type=click.IntRange(min=2), help="Population size, with --only.")
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=0),
+    help="evaluation.shard_size, with --only; 0 evaluates the whole population at once.",
+)
+def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shard_size):
+    """Generation time against a minimal loop, machine limits, roofline and scaling.
 
-    results = run_bench(quick=quick, echo=click.echo, memory=memory, scaling=not no_scaling)
+    With --only, times just the named configs (at --population, --shard-size), e.g. on a GPU:
+    ``evoplastic bench --only hebbian --population 4096 --shard-size 0``.
+    """
+    from .bench import run_bench, run_only
+
+    if (population or shard_size is not None) and not only:
+        _fail("bench: --population and --shard-size need --only NAME")
+    if only:
+        try:
+            results = run_only(only, population, shard_size, quick=quick, echo=click.echo)
+        except ValueError as err:
+            _fail(str(err))
+    else:
+        results = run_bench(quick=quick, echo=click.echo, memory=memory, scaling=not no_scaling)
     if with_ray:
         from .bench_ray import run_ray_bench
 
         results["ray"] = run_ray_bench(quick=quick, echo=click.echo)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _read_yaml(path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        _fail(f"config file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        _fail(f"{path}: not valid YAML")
+    if not isinstance(data, dict):
+        _fail(f"{path}: expected a mapping at the top level")
+    return data
+
+
+@cli.command(name="train-selection")
+@click.argument("config_path", metavar="CONFIG")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--out", type=click.Path(path_type=Path), help="Policy file (default: output).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def train_selection(config_path, overrides, out, quiet):
+    """Train a learned selection policy (meta.selection: learned) and write its file."""
+    from .config import ConfigError, set_override
+    from .meta import selection, selection_training
+
+    data = _read_yaml(config_path)
+    try:
+        for assignment in overrides:
+            set_override(data, assignment)
+        cfg = selection_training.parse_config(data)
+    except ConfigError as err:
+        _fail(str(err))
+    path = out or Path(cfg.output)
+    if not path.parent.is_dir():
+        _fail(f"output: directory {str(path.parent)!r} does not exist")
+    _sigterm_as_interrupt()
+    enable_compilation_cache()
+    try:
+        result = selection_training.train(cfg, echo=None if quiet else click.echo)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted; no policy file written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    selection.save_policy(path, result.policy, selection_training.header(cfg, result))
+    click.echo(
+        f"validation meta-loss {result.initial_validation:.4f} -> {result.final_validation:.4f};"
+        f" policy written to {path}"
+    )
+
+
+@cli.command(name="compare-selection")
+@click.argument("config_path", metavar="CONFIG")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--out", type=click.Path(path_type=Path), help="Also write the table here.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Raw results (JSON).")
+def compare_selection(config_path, overrides, out, json_path):
+    """Learned selection vs evosax strategies at equal budget on held-out problems."""
+    from .config import ConfigError, set_override
+    from .meta import selection, selection_compare
+
+    data = _read_yaml(config_path)
+    try:
+        for assignment in overrides:
+            set_override(data, assignment)
+        cfg, specs = selection_compare.parse_config(data)
+    except ConfigError as err:
+        _fail(str(err))
+    policy = None
+    if {selection_compare.LEARNED, selection_compare.UNTRAINED} & set(cfg.strategies):
+        try:
+            policy = selection.load_policy(cfg.policy)
+        except selection.PolicyFileError as err:
+            _fail(f"policy: {err}")
+    tasks = {s.name: _load_config(s.config) for s in specs if s.config is not None}
+    for task in tasks.values():
+        _build(task)
+    enable_compilation_cache()
+    results = selection_compare.compare(cfg, specs, tasks, policy, echo=click.echo)
+    table = selection_compare.markdown_table(results, cfg)
+    click.echo("\n" + table, nl=False)
+    from .checkpoint import atomic_write
+
+    if out:
+        atomic_write(out, table.encode())
+    if json_path:
+        atomic_write(json_path, (json.dumps(results, indent=2) + "\n").encode())
 
 
 def _jobs_call(fn, *args, **kwargs):

@@ -22,6 +22,7 @@ from . import rules, tasks
 from .networks import ACTIVATIONS, FEEDBACK
 
 BACKENDS = ("local", "ray")
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
 
 
 class ConfigError(ValueError):
@@ -159,9 +160,18 @@ class StrategyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
+    """How a population is evaluated.
+
+    ``matmul_precision``: precision of float32 matrix products, set process-wide when the
+    experiment is built: ``float32`` (default: the same numbers on CPU and GPU),
+    ``tensorfloat32`` or ``bfloat16`` (faster on GPUs, fewer mantissa bits), ``default``
+    (the device's default: TF32 on recent NVIDIA GPUs).
+    """
+
     instances: int = 8
     common_instances: bool = True
     shard_size: int | None = None
+    matmul_precision: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +229,8 @@ class MetaConfig:
     optimizer: str = "es"
     truncation: int = 0  # inner steps per generation (a truncated unroll); 0: the whole loop
     gradient: GradientConfig = dataclasses.field(default_factory=GradientConfig)
+    selection: str = "strategy"  # strategy: the strategy's own; learned: a policy file's
+    selection_policy: str | None = None  # the policy file of selection: learned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +320,12 @@ def parse(data: Any) -> Config:
     _positive("evaluation.instances", cfg.evaluation.instances)
     if cfg.evaluation.shard_size is not None:
         _positive("evaluation.shard_size", cfg.evaluation.shard_size)
+    if cfg.evaluation.matmul_precision not in MATMUL_PRECISIONS:
+        value = cfg.evaluation.matmul_precision
+        raise ConfigError(
+            f"evaluation.matmul_precision: unknown precision {value!r}"
+            f"{_suggest(value, MATMUL_PRECISIONS)} (one of {', '.join(MATMUL_PRECISIONS)})"
+        )
     if cfg.ray.workers is not None:
         _positive("ray.workers", cfg.ray.workers)
     if cfg.ray.gpus_per_worker is not None:
@@ -384,6 +402,7 @@ def _task(section) -> tuple[str, dict, Any]:
 
 
 META_OPTIMIZERS = ("es", "gradient")
+SELECTIONS = ("strategy", "learned")
 
 
 def _check_meta(cfg: Config, task_params: dict) -> None:
@@ -412,6 +431,7 @@ def _check_meta(cfg: Config, task_params: dict) -> None:
         )
     if not isinstance(g.optimizer.get("name"), str):
         raise ConfigError("meta.gradient.optimizer.name: required (an optax optimizer, e.g. adam)")
+    _check_selection(cfg)
     truncated_es = cfg.strategy.name in TRUNCATED_STRATEGIES
     if m.optimizer == "es" and truncated_es and not m.truncation:
         raise ConfigError(
@@ -424,6 +444,32 @@ def _check_meta(cfg: Config, task_params: dict) -> None:
             f" truncated unrolls work with {' or '.join(TRUNCATED_STRATEGIES)}"
             " or meta.optimizer: gradient"
         )
+
+
+def _check_selection(cfg: Config) -> None:
+    """``meta.selection`` and its policy file (which must exist; its content is read by build)."""
+    m = cfg.meta
+    if m.selection not in SELECTIONS:
+        raise ConfigError(
+            f"meta.selection: unknown selection {m.selection!r}{_suggest(m.selection, SELECTIONS)}"
+            f" (one of {', '.join(SELECTIONS)})"
+        )
+    if m.selection == "strategy":
+        if m.selection_policy is not None:
+            raise ConfigError("meta.selection_policy: only used with meta.selection: learned")
+        return
+    if m.optimizer != "es" or m.truncation:
+        raise ConfigError(
+            "meta.selection: learned selection drives a plain ES (meta.optimizer: es,"
+            " meta.truncation: 0)"
+        )
+    if not m.selection_policy:
+        raise ConfigError(
+            "meta.selection_policy: required with meta.selection: learned (a policy file"
+            " written by `evoplastic train-selection`)"
+        )
+    if not Path(m.selection_policy).is_file():
+        raise ConfigError(f"meta.selection_policy: file {m.selection_policy!r} not found")
 
 
 def set_override(data: dict, assignment: str) -> dict:
@@ -482,10 +528,14 @@ def experiment_dump(cfg: Config) -> str:
     other; checkpoints record a digest of this text, not of :func:`dump`.
     """
     data = _plain(cfg.to_dict())
+    if data["meta"]["selection"] == "strategy" and data["meta"]["selection_policy"] is None:
+        del data["meta"]["selection"], data["meta"]["selection_policy"]  # as before them
     data.pop("ray")
     data["backend"] = "local"
     if data["evaluation"]["shard_size"] is None:  # as written before the field existed
         del data["evaluation"]["shard_size"]
+    if data["evaluation"]["matmul_precision"] == "float32":  # likewise
+        del data["evaluation"]["matmul_precision"]
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -104,7 +104,12 @@ def build(cfg: Config, family=None, rule: rules.Rule | None = None, check: bool 
     ``family`` (a task family or a fitness function, see :mod:`evoplastic.tasks.custom`)
     and ``rule`` replace what the config's ``task`` and ``rule`` sections would make; a
     user's fitness is traced and checked (``check``) before anything runs.
+
+    Also sets JAX's matrix-product precision for the process (``evaluation.matmul_precision``),
+    so a GPU computes what a CPU does unless the config asks for TF32 or bfloat16.
     """
+    precision = cfg.evaluation.matmul_precision
+    jax.config.update("jax_default_matmul_precision", None if precision == "default" else precision)
     task_params = {k: v for k, v in cfg.task.items() if k != "name"}
     try:
         if family is None:
@@ -182,6 +187,8 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> Experiment:
         return Experiment(
             cfg, family, rule, None, None, template, _gradient_outer(cfg, family, rule)
         )
+    if cfg.meta.selection == "learned":
+        return Experiment(cfg, family, rule, *_learned_selection(cfg, template), template)
     try:
         strategy, es_params = meta.make(
             cfg.strategy.name,
@@ -212,6 +219,24 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> Experiment:
         common_instances=cfg.evaluation.common_instances,
     )
     return Experiment(cfg, family, rule, strategy, es_params, template, outer)
+
+
+def _learned_selection(cfg: Config, template):
+    """``(strategy, es_params)`` of ``meta.selection: learned`` (strategy.name is not used)."""
+    from .meta import selection
+
+    try:
+        policy = selection.load_policy(cfg.meta.selection_policy)
+    except selection.PolicyFileError as err:
+        raise ConfigError(f"meta.selection_policy: {err}") from None
+    if cfg.strategy.params or cfg.strategy.optimizer or cfg.strategy.options:
+        raise ConfigError(
+            "strategy: meta.selection: learned takes only strategy.population_size and"
+            " strategy.std_init"
+        )
+    if cfg.strategy.population_size < 2:
+        raise ConfigError("strategy.population_size: learned selection needs at least 2")
+    return selection.make(cfg.strategy.population_size, template, policy, cfg.strategy.std_init)
 
 
 def _gradient_outer(cfg: Config, family, rule) -> GradientMeta:
