@@ -10,12 +10,20 @@ family. The pieces are pure functions over pytrees:
 * :mod:`evoplastic.meta` -- evosax strategies by name;
 * :mod:`evoplastic.backends` -- evaluation (``local``: one compiled generation).
 
-Example::
+Your own fitness function (or task family) goes to :func:`evolve` or :func:`meta_gradient`,
+which return a :class:`Result`; see docs/tutorials/custom_fitness.md. Example::
 
+    import jax.numpy as jnp
     import evoplastic as ep
+
+    result = ep.evolve(lambda g, k: jnp.sum((g - 1.0) ** 2), jnp.zeros(3), generations=50)
+    print(result.genome)
+
+A whole experiment from a config (what ``evoplastic run`` does)::
+
     cfg = ep.config.parse({"task": {"name": "pca", "dim": 8}, "generations": 50})
-    result = ep.run(cfg, "runs/my-oja")
-    print(result["rule"]["equation"])
+    summary = ep.run(cfg, "runs/my-oja")
+    print(summary["rule"]["equation"])
 """
 
 from __future__ import annotations
@@ -23,8 +31,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import analysis, backends, checkpoint, config, meta, networks, rules, tasks
+from .api import BoundRule, Result, evolve, meta_gradient
+from .backends import MemberError
 from .config import Config, ConfigError
 from .experiment import Experiment, build
+from .tasks import FitnessError, FitnessTask, check_fitness
 from .trainer import TrainResult, finalize, prepare_run_dir, train
 
 __version__ = "0.1.0"
@@ -48,17 +59,25 @@ def run(cfg: Config | dict, run_dir: str | Path) -> dict:
 
 
 __all__ = [
+    "BoundRule",
     "Config",
     "ConfigError",
     "Experiment",
+    "FitnessError",
+    "FitnessTask",
+    "MemberError",
+    "Result",
     "TrainResult",
     "analysis",
     "backends",
     "build",
+    "check_fitness",
     "checkpoint",
     "config",
+    "evolve",
     "finalize",
     "meta",
+    "meta_gradient",
     "networks",
     "prepare_run_dir",
     "rules",

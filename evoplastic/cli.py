@@ -173,7 +173,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         n = evolved["loss"]["n"]
         parts = []
         for metric, s in evolved.items():
-            if metric != "loss":
+            if metric != "loss" or len(evolved) == 1:  # a fitness function has the loss only
                 parts.append(
                     f"{metric} mean {s['mean']:.4g} ± {s['ci95']:.2g}, median {s['median']:.4g}"
                 )

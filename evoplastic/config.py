@@ -34,6 +34,12 @@ def _suggest(key: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _show(key) -> str:
+    """A key as it appears in a message: plain if it is a one-line name, else its repr."""
+    text = str(key)
+    return text if isinstance(key, str) and text.isprintable() and text.strip() else repr(key)
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -94,7 +100,7 @@ def _from_dict(cls, data: Any, path: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        where = f"{path}.{key}" if path else str(key)
+        where = f"{path}.{_show(key)}" if path else _show(key)
         if key not in fields:
             raise ConfigError(f"{where}: unknown key{_suggest(str(key), fields)}")
         sub = hints[key]
@@ -116,7 +122,7 @@ def _kwargs_of(factory, data: dict, path: str, skip=SET_BY_TASK) -> dict:
     out = {}
     for key, value in data.items():
         if key not in params:
-            raise ConfigError(f"{path}.{key}: unknown key{_suggest(key, params)}")
+            raise ConfigError(f"{path}.{_show(key)}: unknown key{_suggest(str(key), params)}")
         out[key] = _check_value(f"{path}.{key}", value, hints.get(key, Any))
     return out
 
@@ -239,7 +245,7 @@ class Config:
     seed: int = 0
     generations: int = 100
     backend: str = "local"
-    task: dict = dataclasses.field(default_factory=lambda: {"name": "pca"})
+    task: dict | str = dataclasses.field(default_factory=lambda: {"name": "pca"})
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
     rule: dict = dataclasses.field(default_factory=lambda: {"name": "polynomial"})
     strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
@@ -286,7 +292,7 @@ def parse(data: Any) -> Config:
       ConfigError: naming the first field at fault.
     """
     cfg = _from_dict(Config, data, "")
-    task_name, task_params = _named(cfg.task, "task", tasks.TASKS)
+    task_name, task_params, task_factory = _task(cfg.task)
     rule_name, rule_params = _named(cfg.rule, "rule", rules.RULES)
     _positive("generations", cfg.generations)
     if cfg.backend not in BACKENDS:
@@ -346,7 +352,9 @@ def parse(data: Any) -> Config:
     for vname, overrides in cfg.test.variants.items():
         if not isinstance(overrides, dict):
             raise ConfigError(f"test.variants.{vname}: expected a mapping of task parameters")
-        _kwargs_of(tasks.TASKS[task_name], overrides, f"test.variants.{vname}")
+        if task_factory is None:
+            raise ConfigError(f"test.variants.{vname}: not available for a Python task object")
+        _kwargs_of(task_factory, overrides, f"test.variants.{vname}")
     for key, value in task_params.items():
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             if key in ("dim", "steps", "scale_min", "scale_max"):
@@ -355,6 +363,53 @@ def parse(data: Any) -> Config:
     return dataclasses.replace(
         cfg, task={"name": task_name, **task_params}, rule={"name": rule_name, **rule_params}
     )
+
+
+def _task(section) -> tuple[str, dict, Any]:
+    """``(name, params, factory)`` of the ``task`` section: a registered family's name, or
+    a user factory's import path, ``"package.module:make_task"`` (see tasks/custom.py)."""
+    from .tasks import custom
+
+    if isinstance(section, str):
+        section = {"name": section}
+    name = section.get("name")
+    if (
+        not isinstance(name, str)
+        or name in tasks.TASKS
+        or not (custom.is_import_path(name) or name.startswith(custom.PYTHON_PREFIX))
+    ):
+        name, params = _named(section, "task", tasks.TASKS)
+        return name, params, tasks.TASKS[name]
+    params = {k: v for k, v in section.items() if k not in ("name", "genome")}
+    try:
+        custom.genome_from_config(section.get("genome"))
+        factory = None if name.startswith(custom.PYTHON_PREFIX) else custom.load_factory(name)
+    except custom.FitnessError as err:
+        field = "task.genome" if str(err).startswith("task.genome") else "task.name"
+        raise ConfigError(f"{field}: {str(err).removeprefix('task.genome: ')}") from None
+    if factory is not None:
+        try:
+            sig = inspect.signature(factory)
+        except (TypeError, ValueError):
+            sig = None
+        takes_any = sig is None or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()
+        )
+        if not takes_any:
+            try:
+                params = _kwargs_of(factory, params, "task")
+            except (NameError, TypeError):  # annotations that cannot be resolved
+                params = {k: _check_value(f"task.{k}", v, Any) for k, v in params.items()}
+            simple = (int, float, str, bool, type(None))
+            defaults = {
+                k: v
+                for k, v in _defaults(factory, skip=SET_BY_TASK + ("genome",)).items()
+                if isinstance(v, simple)
+            }
+            params = defaults | params
+    if "genome" in section:
+        params["genome"] = section["genome"]
+    return name, params, factory
 
 
 META_OPTIMIZERS = ("es", "gradient")

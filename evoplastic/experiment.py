@@ -19,6 +19,11 @@ from .config import Config, ConfigError
 from .meta.gradient import GradientMeta
 from .meta.gradient import make_optimizer as make_gradient_optimizer
 from .meta.truncated import TruncatedES
+from .tasks import custom
+
+
+class InvalidFitness(ConfigError, custom.FitnessError):
+    """A user fitness or task that cannot be used (a config error and a fitness error)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +45,12 @@ class Experiment:
         return tasks.make(self.config.task["name"], network=network, **params)
 
     def fitness(self):
-        return backends.task_fitness(self.family, self.rule, self.config.evaluation.instances)
+        """``fitness(genome, key)``: the mean meta-train loss a generation evaluates."""
+        instances = self.config.evaluation.instances
+        own = getattr(self.family, "train_fitness", None)  # user tasks (tasks.custom)
+        if own is not None:
+            return own(self.rule, instances)
+        return backends.task_fitness(self.family, self.rule, instances)
 
     def generation_step(self):
         if self.outer is not None:
@@ -51,6 +61,7 @@ class Experiment:
             self.fitness(),
             common_instances=self.config.evaluation.common_instances,
             shard_size=self.config.evaluation.shard_size,
+            checks=getattr(self.family, "checks", False),
         )
 
     def init_state(self, run_key: jax.Array):
@@ -87,8 +98,12 @@ class Experiment:
 NEEDS_LAYERS = ("abcd", "static")  # rules whose genome follows the network's layers
 
 
-def build(cfg: Config) -> Experiment:
+def build(cfg: Config, family=None, rule: rules.Rule | None = None, check: bool = True):
     """Build rule, task family and strategy; raises :class:`ConfigError` on bad input.
+
+    ``family`` (a task family or a fitness function, see :mod:`evoplastic.tasks.custom`)
+    and ``rule`` replace what the config's ``task`` and ``rule`` sections would make; a
+    user's fitness is traced and checked (``check``) before anything runs.
 
     Also sets JAX's matrix-product precision for the process (``evaluation.matmul_precision``),
     so a GPU computes what a CPU does unless the config asks for TF32 or bfloat16.
@@ -97,11 +112,37 @@ def build(cfg: Config) -> Experiment:
     jax.config.update("jax_default_matmul_precision", None if precision == "default" else precision)
     task_params = {k: v for k, v in cfg.task.items() if k != "name"}
     try:
-        family = tasks.make(
-            cfg.task["name"], network=dataclasses.asdict(cfg.network), **task_params
-        )
+        if family is None:
+            family = tasks.make(
+                cfg.task["name"], network=dataclasses.asdict(cfg.network), **task_params
+            )
+        else:
+            genome = task_params.get("genome")
+            family = custom.wrap(family, custom.genome_from_config(genome), cfg.task["name"])
+    except custom.FitnessError as err:
+        raise InvalidFitness(f"task: {err}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
+    if isinstance(family, custom.FitnessTask):
+        rule = family.rule
+    if rule is None:
+        rule = _config_rule(cfg, family)
+    exp = _build_outer(cfg, family, rule)
+    if check and getattr(family, "checks", False):
+        try:
+            if isinstance(family, custom.FitnessTask):
+                custom.check_fitness(family.fitness, family.genome_template, family.name)
+            else:
+                custom.check_fitness(
+                    backends.task_fitness(family, rule, 1), exp.genome_template, "task"
+                )
+        except custom.FitnessError as err:
+            raise InvalidFitness(f"task: {err}") from None
+    return exp
+
+
+def _config_rule(cfg: Config, family) -> rules.Rule:
+    """The rule of the config's ``rule`` section (and ``network.learn_init``)."""
     rule_params = {k: v for k, v in cfg.rule.items() if k != "name"}
     if "shapes" in inspect.signature(rules.RULES[cfg.rule["name"]]).parameters:
         shapes = getattr(family.network, "shapes", None)
@@ -125,6 +166,10 @@ def build(cfg: Config) -> Experiment:
         if not shapes:
             raise ConfigError("network.learn_init: needs a task with a layered network")
         rule = rules.with_learned_init(rule, shapes, cfg.network.w_init_std)
+    return rule
+
+
+def _build_outer(cfg: Config, family, rule: rules.Rule) -> Experiment:
     template = rule.init(jax.random.PRNGKey(0))
     if rule.num_params() == 0:
         raise ConfigError(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import rules
-from ..backends import evaluate_genome
+from ..backends import evaluate_genome, make_genome_evaluator
 
 BASELINES = ("oja", "hebb")  # fixed rules compared on every task; see baselines_for
 
@@ -93,7 +93,9 @@ def evaluate_final(exp, genome, instances: int, baselines=None) -> dict:
     """
     from .baselines import evaluate_backprop, evaluate_tuned_rule, supports_backprop
 
-    if baselines is None:
+    if not getattr(exp.family, "uses_rules", True):  # a fitness function: no rule baselines
+        baselines = ()
+    elif baselines is None:
         baselines = baselines_for(exp.family)
     variants = {"trained": {}} | dict(exp.config.test.variants)
     candidates = {"evolved": (exp.rule, genome), "random": (exp.rule, random_genome(exp))}
@@ -102,8 +104,11 @@ def evaluate_final(exp, genome, instances: int, baselines=None) -> dict:
         family = exp.family_variant(**overrides) if overrides else exp.family
         plain = _baseline_family(exp, overrides)
         results[vname] = {}
+        evaluators = {}  # one compiled evaluator per rule (evolved and random share one)
         for cname, (rule, g) in candidates.items():
-            raw = evaluate_genome(family, rule, g, instances)
+            if id(rule) not in evaluators:
+                evaluators[id(rule)] = make_genome_evaluator(family, rule)
+            raw = evaluate_genome(family, rule, g, instances, evaluators[id(rule)])
             results[vname][cname] = {k: summarize(v) for k, v in raw.items()}
         for name in baselines:
             if name in TUNED_RULES:

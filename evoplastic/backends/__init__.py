@@ -6,7 +6,7 @@ seed they produce the same numbers. :func:`open_step` gives the step of either.
 
 import contextlib
 
-from .errors import BackendError, WorkersLost
+from .errors import BackendError, MemberError, WorkersLost
 from .local import (
     GenerationStep,
     evaluate_genome,
@@ -45,6 +45,7 @@ __all__ = [
     "BACKENDS",
     "BackendError",
     "GenerationStep",
+    "MemberError",
     "WorkersLost",
     "evaluate_genome",
     "evaluate_population",

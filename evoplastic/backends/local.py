@@ -18,12 +18,16 @@ they rank last and never reach the strategy state.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
 
 from ..tasks.base import test_instance_keys
+from .errors import MemberError
 
 FitnessFn = Callable[[object, jax.Array], jax.Array]
 
@@ -159,21 +163,63 @@ class GenerationStep:
     three executables instead of one costs two dispatches (microseconds) per generation.
     """
 
-    def __init__(self, strategy, es_params, fitness, common_instances=True, shard_size=None):
+    def __init__(
+        self, strategy, es_params, fitness, common_instances=True, shard_size=None, checks=False
+    ):
         self.population_size = int(strategy.population_size)
         self.shards, self.shard_size = shard_layout(self.population_size, shard_size)
         shards, size = self.shards, self.shard_size
         self.ask = jax.jit(functools.partial(ask_generation, strategy, es_params))
         self.tell = jax.jit(functools.partial(tell_generation, strategy, es_params))
+        self.fitness, self.common_instances, self.checks = fitness, common_instances, checks
+        member_fitness = checked_fitness(fitness) if checks else fitness
 
         @jax.jit
         def evaluate(population, run_key, generation, shard):
             _, k_eval, _ = generation_keys(run_key, generation)
             return evaluate_shard(
-                fitness, population, k_eval, common_instances, shard, size, shards
+                member_fitness, population, k_eval, common_instances, shard, size, shards
             )
 
-        self.evaluate = evaluate
+        self._evaluate = evaluate
+        self.evaluate = self._evaluate_checked if checks else evaluate
+
+    def _evaluate_checked(self, population, run_key, generation, shard) -> jax.Array:
+        """Raw fitness of a shard; a failing member raises :class:`MemberError`."""
+        first = int(shard) * self.shard_size
+        # a raising host callback is reported here, with the member, not logged by JAX
+        quiet = logging.getLogger("jax._src.debugging")
+        level, quiet.disabled = quiet.disabled, True
+        try:
+            raw, bad, errors = self._evaluate(population, run_key, generation, shard)
+            bad = np.asarray(bad)
+        except jax.errors.JaxRuntimeError as err:
+            member, reason = self._locate(population, run_key, generation, shard, err)
+            raise MemberError(int(generation), member, reason) from None
+        finally:
+            quiet.disabled = level
+        for i in np.flatnonzero(bad):
+            if first + i < self.population_size:  # padding rows are not members
+                reason = jax.tree.map(lambda x, i=i: x[i], errors).get()
+                raise MemberError(int(generation), int(first + i), reason or "a check failed")
+        return raw
+
+    def _locate(self, population, run_key, generation, shard, err) -> tuple[int, str]:
+        """The first member of ``shard`` whose evaluation alone raises, and the reason."""
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else type(err).__name__
+        _, k_eval, _ = generation_keys(run_key, generation)
+        one = jax.jit(self.fitness)
+        members = population_shard(population, shard, self.shard_size, self.shards)
+        first = int(shard) * self.shard_size
+        for i in range(min(self.shard_size, self.population_size - first)):
+            member = jax.tree.map(lambda x, i=i: x[i], members)
+            key = k_eval if self.common_instances else jax.random.fold_in(k_eval, first + i)
+            try:
+                jax.block_until_ready(one(member, key))
+            except jax.errors.JaxRuntimeError:
+                return first + i, reason
+        return first, reason  # no single member fails alone: report the shard's first
 
     def evaluate_all(self, population, run_key, generation) -> jax.Array:
         """Raw fitness ``[P]`` of the whole population, shard by shard."""
@@ -189,7 +235,20 @@ class GenerationStep:
 
     def _cache_size(self) -> int:
         """The most compilations of any of the three functions (1 after a clean run)."""
-        return max(f._cache_size() for f in (self.ask, self.evaluate, self.tell))
+        return max(f._cache_size() for f in (self.ask, self._evaluate, self.tell))
+
+
+def checked_fitness(fitness: FitnessFn):
+    """``fitness`` under ``checkify``: ``(genome, key) -> (loss, failed, error)``."""
+    checked = checkify.checkify(fitness, errors=checkify.user_checks)
+
+    def run(genome, key):
+        err, loss = checked(genome, key)
+        preds = list(getattr(err, "_pred", {}).values())
+        bad = jnp.any(jnp.stack([jnp.any(p) for p in preds])) if preds else jnp.zeros((), bool)
+        return loss, bad, err
+
+    return run
 
 
 def make_generation_step(
@@ -198,13 +257,18 @@ def make_generation_step(
     fitness: FitnessFn,
     common_instances: bool = True,
     shard_size: int | None = None,
+    checks: bool = False,
 ) -> GenerationStep:
     """Compile ``step(state, run_key, generation) -> (state, metrics)`` once for a run.
 
     ``shard_size`` fixes the batches the population is evaluated in (see
     :func:`shard_layout`); the Ray backend evaluates the same shards on its workers.
+    With ``checks`` the fitness is evaluated under ``jax.experimental.checkify``: a failed
+    ``checkify.check`` in one member, or an error raised while evaluating (e.g. by a host
+    callback), raises :class:`~evoplastic.backends.errors.MemberError` with that member's
+    index (user fitness functions run this way).
     """
-    return GenerationStep(strategy, es_params, fitness, common_instances, shard_size)
+    return GenerationStep(strategy, es_params, fitness, common_instances, shard_size, checks)
 
 
 def make_genome_evaluator(family, rule):

@@ -243,6 +243,11 @@ class RayStep:
                         del load[i]
                         probing[self.actors[i].ready.remote()] = i
                     continue
+                except ray.exceptions.RayTaskError as err:
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, BackendError):  # e.g. MemberError: one clear line
+                        raise cause from None
+                    raise
                 results[shard] = values
                 received += values.nbytes
                 if i in load:

@@ -133,9 +133,16 @@ def make(
         raise StrategyError("strategy.population_size", f"must be > 0, got {population_size}")
     try:
         strategy = cls(population_size=population_size, solution=solution, **kwargs)
+        es_params = strategy.default_params
     except AssertionError as err:
         raise StrategyError("strategy.population_size", f"{name}: {err}") from None
-    es_params = strategy.default_params
+    except (ArithmeticError, ValueError, TypeError, IndexError) as err:  # e.g. a tiny population
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise StrategyError(
+            "strategy.population_size",
+            f"{name} cannot be built with population_size {population_size}"
+            f" ({type(err).__name__}{': ' + first if first else ''})",
+        ) from None
     fields = set(getattr(es_params, "__dataclass_fields__", {}))
     replace = {}
     if "std_init" in fields:

@@ -9,6 +9,15 @@ from .base import (
     test_instance_keys,
 )
 from .control import ENVS, ControlFamily, ControlTask
+from .custom import (
+    PYTHON_PREFIX,
+    CheckedFamily,
+    FitnessError,
+    FitnessTask,
+    check_fitness,
+    is_import_path,
+    make_imported,
+)
 from .pca import PCAFamily, PCATask
 from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
 
@@ -21,12 +30,22 @@ TASKS = {
 
 
 def make(name: str, network: dict | None = None, **params) -> TaskFamily:
-    """Make a task family from the registry: ``make("pca", dim=8, network={"lr": 0.1})``."""
+    """Make a task family from the registry: ``make("pca", dim=8, network={"lr": 0.1})``.
+
+    ``name`` may also be an import path, ``"package.module:factory"`` (see
+    :mod:`evoplastic.tasks.custom`): the factory's task family or fitness function.
+    """
+    if name not in TASKS and (is_import_path(name) or name.startswith(PYTHON_PREFIX)):
+        return make_imported(name, network=network, **params)
     return TASKS[name].create(network=network, **params)
 
 
 __all__ = [
+    "CheckedFamily",
     "DigitsFamily",
+    "FitnessError",
+    "FitnessTask",
+    "check_fitness",
     "SinusoidFamily",
     "SupervisedTask",
     "backprop_step",
