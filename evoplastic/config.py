@@ -216,6 +216,20 @@ class MetaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """``evoplastic compare``: outer loops run side by side on this config, seed by seed.
+
+    ``methods`` maps a method's name to config sections merged into this config (e.g.
+    ``{"meta": {"optimizer": "gradient"}}``); ``threshold`` is the held-out loss whose first
+    crossing gives each run's time to threshold. Not part of what a single run computes.
+    """
+
+    methods: dict = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    threshold: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole experiment. ``task`` and ``rule`` are ``{"name": ..., **params}`` mappings."""
 
@@ -232,6 +246,8 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    time_budget_s: float | None = None  # stop training once this much wall time is spent
+    compare: CompareConfig = dataclasses.field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -323,6 +339,9 @@ def parse(data: Any) -> Config:
             if key in ("dim", "steps", "scale_min", "scale_max"):
                 raise ConfigError(f"task.{key}: must be > 0, got {value}")
     _check_meta(cfg, task_params)
+    if cfg.time_budget_s is not None:
+        _positive("time_budget_s", cfg.time_budget_s)
+    _check_compare(cfg, data)
     return dataclasses.replace(
         cfg, task={"name": task_name, **task_params}, rule={"name": rule_name, **rule_params}
     )
@@ -371,6 +390,44 @@ def _check_meta(cfg: Config, task_params: dict) -> None:
         )
 
 
+COMPARE_SHARED = ("seed", "time_budget_s", "compare")  # the same for every compared method
+
+
+def merged(data: dict, over: dict) -> dict:
+    """``data`` with the sections of ``over`` merged in (nested mappings merge key by key)."""
+    out = dict(data)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def method_data(data: dict, method: str) -> dict:
+    """The config mapping of one ``compare.methods`` entry: its sections merged into
+    ``data``, without the ``compare`` section."""
+    base = {k: v for k, v in data.items() if k != "compare"}
+    return merged(base, data["compare"]["methods"][method])
+
+
+def _check_compare(cfg: Config, data: dict) -> None:
+    c = cfg.compare
+    if len(set(c.seeds)) != len(c.seeds):
+        raise ConfigError(f"compare.seeds: a seed is listed twice, got {list(c.seeds)}")
+    for name, over in c.methods.items():
+        where = f"compare.methods.{name}"
+        if not isinstance(over, dict):
+            raise ConfigError(f"{where}: expected a mapping of config sections")
+        for key in COMPARE_SHARED:
+            if key in over:
+                raise ConfigError(f"{where}.{key}: the same for every method; set it at the top")
+        try:
+            parse(method_data(data, name))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
 def set_override(data: dict, assignment: str) -> dict:
     """Apply ``"strategy.population_size=32"`` to a raw config mapping (YAML value syntax)."""
     key, sep, raw = assignment.partition("=")
@@ -397,6 +454,11 @@ def set_override(data: dict, assignment: str) -> dict:
 
 def load(path: str | Path, overrides: tuple[str, ...] = ()) -> Config:
     """Read a YAML config file, apply ``key=value`` overrides and validate."""
+    return parse(load_data(path, overrides))
+
+
+def load_data(path: str | Path, overrides: tuple[str, ...] = ()) -> dict:
+    """The mapping of a YAML config file with ``key=value`` overrides, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
@@ -412,7 +474,7 @@ def load(path: str | Path, overrides: tuple[str, ...] = ()) -> Config:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for assignment in overrides:
         set_override(data, assignment)
-    return parse(data)
+    return data
 
 
 def dump(cfg: Config) -> str:
@@ -429,6 +491,8 @@ def experiment_dump(cfg: Config) -> str:
     data = _plain(cfg.to_dict())
     data.pop("ray")
     data["backend"] = "local"
+    for key in ("time_budget_s", "compare"):  # when to stop and what to compare with:
+        data.pop(key, None)  # a budget can be raised before `evoplastic resume`
     if data["evaluation"]["shard_size"] is None:  # as written before the field existed
         del data["evaluation"]["shard_size"]
     return yaml.safe_dump(data, sort_keys=False)
@@ -444,11 +508,15 @@ def _plain(value):
 
 __all__ = [
     "BACKENDS",
+    "CompareConfig",
     "Config",
     "ConfigError",
     "dump",
     "experiment_dump",
     "load",
+    "load_data",
+    "merged",
+    "method_data",
     "parse",
     "set_override",
 ]
