@@ -247,6 +247,11 @@ def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
+    if result.budget_stop and not quiet:
+        click.echo(
+            f"time budget of {exp.config.time_budget_s:g} s reached after generation"
+            f" {result.generations}"
+        )
     try:
         summary = finalize(exp, run_dir, result.genome, read_metrics(run_dir))
     except KeyboardInterrupt:

@@ -197,7 +197,7 @@ def test_compare_runs_interleaved_and_reports_from_the_run_files(write_config, t
         sd = np.std(values, ddof=1)
         assert row["loss"]["mean"] == pytest.approx(np.mean(values), rel=1e-9)
         assert row["loss"]["ci95"] == pytest.approx(T_975[1] * sd / math.sqrt(2), rel=1e-6)
-        assert f"| {row['loss']['mean']:.4g} ± {row['loss']['ci95']:.2g} |" in _row(out, method)
+        assert f"| {row['loss']['mean']:.4g} ± {row['loss']['ci95']:.2g} (" in _row(out, method)
     assert (out / "compare.png").stat().st_size > 10_000
 
     # the report is rebuilt from the files: change one run's eval.json, the table follows

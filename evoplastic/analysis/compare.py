@@ -224,6 +224,9 @@ def run_summary(run_dir: Path, threshold: float | None) -> dict:
     out["time_to_threshold"] = (
         time_to_threshold(records, threshold) if threshold is not None else None
     )
+    # the same time less the first generation (which compiles the step): search time only
+    if out["time_to_threshold"] is not None and out.get("first_generation_s") is not None:
+        out["search_to_threshold"] = out["time_to_threshold"] - out["first_generation_s"]
     return out
 
 
@@ -254,6 +257,7 @@ def method_row(runs: list[dict]) -> dict:
         "runs": len(runs),
         "finished": len(done),
         "loss": seed_interval([r.get("loss") for r in done]),
+        "losses": [r.get("loss") for r in done],
         "metric": metric,
         "metric_value": seed_interval([r.get("metric_value") for r in done]),
         "instances": min((r["instances"] for r in done), default=0),
@@ -265,6 +269,7 @@ def method_row(runs: list[dict]) -> dict:
         "times": times,
         "reached": len(reached),
         "median_time": median_time,
+        "median_search_time": _median([r.get("search_to_threshold") for r in done]),
     }
 
 
@@ -301,10 +306,13 @@ def markdown_report(tasks: list[dict]) -> str:
                     else f"{row['median_time']:.1f} s"
                 )
                 reach = f"{row['reached']}/{row['finished']}: {median} ({per_seed})"
+                if row["median_search_time"] is not None:
+                    reach += f"; {row['median_search_time']:.1f} s after the first generation"
             loss, mv = row["loss"], row["metric_value"]
             rows.append(
                 f"| {method} | {row['finished']}/{row['runs']}"
                 f" | {_f(loss['mean'])} ± {_f(loss['ci95'], 2)}"
+                f" ({', '.join(_f(x, 3) for x in row['losses'])})"
                 f" | {_f(mv['mean'])} ± {_f(mv['ci95'], 2)} | {reach}"
                 f" | {', '.join(map(str, row['generations']))}"
                 f" | {_f(row['first_generation_s'], 3)} | {_f(row['generation_s'], 3)}"
@@ -312,7 +320,7 @@ def markdown_report(tasks: list[dict]) -> str:
             )
         thr_text = "—" if thr is None else f"{thr:g}"
         parts.append(
-            f"| method | runs | final held-out loss (mean ± 95% CI over seeds)"
+            f"| method | runs | final held-out loss: mean ± 95% CI over seeds (per seed)"
             f" | held-out {metric or 'metric'} | time to held-out loss <= {thr_text}"
             " (reached; median s; per seed) | generations per seed"
             " | first generation s (incl. compile) | later generation s (median)"
@@ -325,7 +333,10 @@ def markdown_report(tasks: list[dict]) -> str:
 
 
 def plot(tasks: list[dict], path: Path) -> Path:
-    """Held-out (top) and meta-train (bottom) loss against the training clock, per task."""
+    """Held-out (top) and meta-train (bottom) loss against the training clock, per task.
+
+    The axes end at 3x the largest starting loss: divergent rules leave through the top.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -337,6 +348,7 @@ def plot(tasks: list[dict], path: Path) -> Path:
     for col, entry in enumerate(tasks):
         top, bottom = axes[0, col], axes[1, col]
         positive = True
+        starts = {0: [], 1: []}  # each run's first held-out / meta-train value
         for i, method in enumerate(entry["methods"]):
             color = f"C{i}"
             for j, run in enumerate(r for r in entry["runs"] if r["method"] == method):
@@ -360,12 +372,18 @@ def plot(tasks: list[dict], path: Path) -> Path:
                     lw=0.8,
                     label=label,
                 )
+                for row, series in ((0, tested), (1, train)):
+                    key = "test_loss" if row == 0 else "median_loss"
+                    if series and math.isfinite(series[0][key]):
+                        starts[row].append(series[0][key])
                 values = [r["test_loss"] for r in tested] + [r["median_loss"] for r in train]
                 positive &= all(v > 0 for v in values)
         if entry["threshold"] is not None:
             top.axhline(entry["threshold"], color="k", ls="--", lw=0.8, label="threshold")
-        for ax in (top, bottom):
+        for row, ax in enumerate((top, bottom)):
             ax.set_yscale("log" if positive else "symlog")
+            if starts[row]:  # divergent excursions leave the top of the axis
+                ax.set_ylim(top=3 * max(starts[row]))
             ax.axvline(entry["time_budget_s"], color="gray", ls=":", lw=0.8)
             ax.grid(alpha=0.3)
         top.set_title(entry["name"])
