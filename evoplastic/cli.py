@@ -247,6 +247,11 @@ def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
+    if result.budget_stop and not quiet:
+        click.echo(
+            f"time budget of {exp.config.time_budget_s:g} s reached after generation"
+            f" {result.generations}"
+        )
     try:
         summary = finalize(exp, run_dir, result.genome, read_metrics(run_dir))
     except KeyboardInterrupt:
@@ -450,6 +455,56 @@ def report(run_dirs, out, plot):
         from .analysis import plots
 
         plots.report_bars(rows, plot)
+
+
+@cli.command()
+@click.argument("config_paths", nargs=-1, metavar="CONFIG...")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory (default runs/).")
+@click.option("--seeds", help="Comma-separated seeds (replaces compare.seeds).")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), help="Seconds per run.")
+@click.option("--report-only", is_flag=True, help="Only rebuild report.md and the plot of --out.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def compare(config_paths, out, seeds, budget, report_only, quiet):
+    """Run each config's compare.methods x seeds at one wall-clock budget; report them."""
+    from .analysis import compare as cmp
+
+    if report_only:
+        if out is None or not (out / cmp.MANIFEST).is_file():
+            _fail("--report-only needs --out DIR of an earlier comparison (with compare.json)")
+        for path in cmp.write_report(out):
+            click.echo(f"wrote {path}")
+        return
+    if not config_paths:
+        _fail("give at least one CONFIG with a compare section")
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
+    except ValueError:
+        _fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    from .config import ConfigError, load_data
+
+    out = out or _default_run_dir("compare")
+    runs, entries = [], []
+    for path in config_paths:
+        try:
+            data = load_data(path, (f"time_budget_s={budget}",) if budget else ())
+            planned = cmp.plan(data, out, seed_list)
+        except ConfigError as err:
+            _fail(str(err))
+        for r in planned:
+            _build(r.config)  # every config error before anything is written
+        runs += planned
+        entries.append(cmp.manifest_entry(data, planned))
+    out.mkdir(parents=True, exist_ok=True)
+    cmp.write_manifest(out, entries)
+    echo = (lambda m: None) if quiet else click.echo
+    _sigterm_as_interrupt()
+    try:
+        cmp.run_all(runs, _build, echo=echo)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; run the same command again to finish {out}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    for path in cmp.write_report(out):
+        click.echo(f"wrote {path}")
 
 
 @cli.command(name="list")

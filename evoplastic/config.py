@@ -238,6 +238,20 @@ class MetaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """``evoplastic compare``: outer loops run side by side on this config, seed by seed.
+
+    ``methods`` maps a method's name to config sections merged into this config (e.g.
+    ``{"meta": {"optimizer": "gradient"}}``); ``threshold`` is the held-out loss whose first
+    crossing gives each run's time to threshold. Not part of what a single run computes.
+    """
+
+    methods: dict = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    threshold: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole experiment. ``task`` and ``rule`` are ``{"name": ..., **params}`` mappings."""
 
@@ -254,6 +268,8 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    time_budget_s: float | None = None  # stop training once this much wall time is spent
+    compare: CompareConfig = dataclasses.field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -360,6 +376,9 @@ def parse(data: Any) -> Config:
             if key in ("dim", "steps", "scale_min", "scale_max"):
                 raise ConfigError(f"task.{key}: must be > 0, got {value}")
     _check_meta(cfg, task_params)
+    if cfg.time_budget_s is not None:
+        _positive("time_budget_s", cfg.time_budget_s)
+    _check_compare(cfg, data)
     return dataclasses.replace(
         cfg, task={"name": task_name, **task_params}, rule={"name": rule_name, **rule_params}
     )
@@ -483,6 +502,44 @@ def _check_selection(cfg: Config) -> None:
         raise ConfigError(f"meta.selection_policy: file {m.selection_policy!r} not found")
 
 
+COMPARE_SHARED = ("seed", "time_budget_s", "compare")  # the same for every compared method
+
+
+def merged(data: dict, over: dict) -> dict:
+    """``data`` with the sections of ``over`` merged in (nested mappings merge key by key)."""
+    out = dict(data)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def method_data(data: dict, method: str) -> dict:
+    """The config mapping of one ``compare.methods`` entry: its sections merged into
+    ``data``, without the ``compare`` section."""
+    base = {k: v for k, v in data.items() if k != "compare"}
+    return merged(base, data["compare"]["methods"][method])
+
+
+def _check_compare(cfg: Config, data: dict) -> None:
+    c = cfg.compare
+    if len(set(c.seeds)) != len(c.seeds):
+        raise ConfigError(f"compare.seeds: a seed is listed twice, got {list(c.seeds)}")
+    for name, over in c.methods.items():
+        where = f"compare.methods.{name}"
+        if not isinstance(over, dict):
+            raise ConfigError(f"{where}: expected a mapping of config sections")
+        for key in COMPARE_SHARED:
+            if key in over:
+                raise ConfigError(f"{where}.{key}: the same for every method; set it at the top")
+        try:
+            parse(method_data(data, name))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
 def set_override(data: dict, assignment: str) -> dict:
     """Apply ``"strategy.population_size=32"`` to a raw config mapping (YAML value syntax)."""
     key, sep, raw = assignment.partition("=")
@@ -509,6 +566,11 @@ def set_override(data: dict, assignment: str) -> dict:
 
 def load(path: str | Path, overrides: tuple[str, ...] = ()) -> Config:
     """Read a YAML config file, apply ``key=value`` overrides and validate."""
+    return parse(load_data(path, overrides))
+
+
+def load_data(path: str | Path, overrides: tuple[str, ...] = ()) -> dict:
+    """The mapping of a YAML config file with ``key=value`` overrides, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
@@ -524,7 +586,7 @@ def load(path: str | Path, overrides: tuple[str, ...] = ()) -> Config:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for assignment in overrides:
         set_override(data, assignment)
-    return parse(data)
+    return data
 
 
 def dump(cfg: Config) -> str:
@@ -543,6 +605,8 @@ def experiment_dump(cfg: Config) -> str:
         del data["meta"]["selection"], data["meta"]["selection_policy"]  # as before them
     data.pop("ray")
     data["backend"] = "local"
+    for key in ("time_budget_s", "compare"):  # when to stop and what to compare with:
+        data.pop(key, None)  # a budget can be raised before `evoplastic resume`
     if data["evaluation"]["shard_size"] is None:  # as written before the field existed
         del data["evaluation"]["shard_size"]
     if data["evaluation"]["matmul_precision"] == "float32":  # likewise
@@ -560,11 +624,15 @@ def _plain(value):
 
 __all__ = [
     "BACKENDS",
+    "CompareConfig",
     "Config",
     "ConfigError",
     "dump",
     "experiment_dump",
     "load",
+    "load_data",
+    "merged",
+    "method_data",
     "parse",
     "set_override",
 ]

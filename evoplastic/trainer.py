@@ -35,7 +35,7 @@ from .config import dump, experiment_dump
 from .experiment import Experiment
 from .tasks import test_instance_keys
 
-TIMING_FIELDS = ("time_s", "evals_per_s")
+TIMING_FIELDS = ("time_s", "evals_per_s", "wall_s", "test_s")
 
 
 class ResumeError(RuntimeError):
@@ -56,6 +56,7 @@ class TrainResult:
     genome: Any
     records: list[dict]
     generations: int
+    budget_stop: bool = False  # stopped because ``time_budget_s`` was spent
 
 
 class Reporter:
@@ -153,6 +154,9 @@ def train(
       reporter: progress callbacks.
       resume: continue from the newest intact checkpoint (from generation 0 if none).
       stop_after: stop (with a checkpoint) after this generation; for tests and budgets.
+        ``config.time_budget_s`` stops the run (with a checkpoint) at the first generation
+        boundary where the run's training clock ``wall_s`` has reached the budget; see
+        :func:`budget_spent`.
       on_generation: called with the number of finished generations (after the log line).
       step: ``step(state, run_key, generation) -> (state, metrics)``; default the local
         ``exp.generation_step()`` (the Ray backend passes its own, see
@@ -183,6 +187,10 @@ def train(
         start = int(payload["generation"])
     # drop metric lines newer than the state we continue from (all of them without one)
     records = _truncate_metrics(run_dir, start) if resume else []
+    # the training clock (``wall_s``): from here, so compiling the step counts; it goes on
+    # from the last kept line on resume and leaves out the periodic held-out tests
+    clock0 = time.perf_counter() - ((records[-1].get("wall_s") or 0.0) if records else 0.0)
+    tested_s = 0.0
     step = step or exp.generation_step()
     evaluator = make_genome_evaluator(exp.family, exp.rule)
     evals_per_gen = exp.evals_per_generation()
@@ -203,6 +211,9 @@ def train(
         )
 
     done = start
+    budget_stop = budget_spent(cfg, records[-1] if records else None)
+    if budget_stop:
+        end = start
     reporter.start(cfg.generations, start)
     metrics_file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115
     try:
@@ -215,8 +226,12 @@ def train(
             std = getattr(new_state, "std", None)
             if std is not None:
                 record["sigma"] = float(np.mean(np.asarray(std)))
+            record["wall_s"] = time.perf_counter() - clock0 - tested_s
             if cfg.test.every and (g + 1) % cfg.test.every == 0:
+                t_test = time.perf_counter()
                 record |= test_summary(evaluator, exp.mean_genome(new_state), cfg.test.instances)
+                record["test_s"] = time.perf_counter() - t_test
+                tested_s += record["test_s"]
             record["time_s"] = elapsed
             record["evals_per_s"] = evals_per_gen / max(elapsed, 1e-9)
             metrics_file.write(json.dumps(record) + "\n")
@@ -224,10 +239,13 @@ def train(
             state, done = new_state, g + 1
             records.append(record)
             reporter.update(record)
-            if done % cfg.checkpoint.every == 0 or done == end:
+            budget_stop = budget_spent(cfg, record)
+            if done % cfg.checkpoint.every == 0 or done == end or budget_stop:
                 save(done, state)
             if on_generation is not None:
                 on_generation(done)
+            if budget_stop:
+                break
     except KeyboardInterrupt:
         metrics_file.close()
         reporter.close()
@@ -240,7 +258,19 @@ def train(
         raise
     metrics_file.close()
     reporter.close()
-    return TrainResult(run_dir, exp.mean_genome(state), records, done)
+    return TrainResult(run_dir, exp.mean_genome(state), records, done, budget_stop)
+
+
+def budget_spent(cfg, record: dict | None) -> bool:
+    """Whether a run whose last metric line is ``record`` has spent ``cfg.time_budget_s``.
+
+    The clock is ``wall_s``: seconds since training started (summed over resumes), with
+    compilation, generations, checkpoints and metric lines, but without the periodic
+    held-out tests (measurements, which would otherwise charge a method for being tested
+    more often). The final evaluation comes after the budget.
+    """
+    budget = getattr(cfg, "time_budget_s", None)
+    return bool(budget and record and (record.get("wall_s") or 0.0) >= budget)
 
 
 def latest_genome(run_dir: Path, warn=None):
@@ -289,7 +319,7 @@ def finalize(exp: Experiment, run_dir: Path, genome, records: list[dict]) -> dic
     best = summary | {
         "genome": genome_list,
         "genome_flat": exp.flat_genome(genome),
-        "generations": exp.config.generations,
+        "generations": records[-1]["generation"] + 1 if records else exp.config.generations,
     }
     results = evaluate_final(exp, genome, exp.config.test.final_instances)
     write_json(run_dir / "best_rule.json", best)

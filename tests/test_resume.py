@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from .conftest import run_cli, small_config
+from evoplastic.trainer import TIMING_FIELDS as TIMING
 
-TIMING = ("time_s", "evals_per_s")
+from .conftest import run_cli, small_config
 
 
 def _config():

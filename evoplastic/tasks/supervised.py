@@ -89,6 +89,35 @@ class _Supervised:
     def steps(self) -> int:
         return self.epochs * self.support_size
 
+    # The stepwise inner-loop API (meta-gradients, truncated unrolls). ``inner_loop`` equals
+    # ``init_inner``, ``inner_step`` for t = 0 .. steps - 1, and ``score``; step ``t`` sees
+    # support example ``t % support_size`` (the stream repeats the support set every epoch).
+
+    def init_inner(self, task: SupervisedTask, key=None):
+        """The network state before step 0: the instance's random initial weights."""
+        del key
+        return self.network.init(task.weight_key)
+
+    def inner_step(self, rule, genome, task: SupervisedTask, state, t):
+        """Step ``t`` (may be traced): respond to one support example, then learn from it.
+
+        A rule that encodes the initial weights (``network.learn_init``) puts them in place
+        at step 0, before the first response.
+        """
+        if rule.weights is not None:
+            init = tuple(rule.weights(genome))
+            ws = tuple(jnp.where(t == 0, w0, w) for w0, w in zip(init, state.ws, strict=True))
+            state = state.replace(ws=ws)
+        i = t % self.support_size
+        x, target, m = task.xs[i], task.ys[i], task.mask[i]
+        acts = self.network.forward(state.ws, x)
+        err = m * self.error(acts[-1], target)
+        return self.network.plasticity(state, acts, rule, genome, error=err)
+
+    def score(self, task: SupervisedTask, state):
+        """``(loss, metrics)`` on the query set of a network state."""
+        return self.query(state.ws, task)
+
 
 def backprop_step(family, optimizer, init_ws, task: SupervisedTask):
     """Train the family's network on the support stream with backprop and ``optimizer``.
