@@ -36,6 +36,8 @@ def _baseline_family(exp, overrides: dict):
     from .. import tasks
 
     net = dataclasses.asdict(exp.config.network)
+    if net["feedback"] not in ("learned", "synthetic") and net["modulation"] == "none":
+        return exp.family_variant(**overrides) if overrides else exp.family  # nothing to replace
     if net["feedback"] in ("learned", "synthetic"):
         net["feedback"] = "random"
     net["modulation"] = "none"
@@ -102,7 +104,7 @@ def evaluate_final(exp, genome, instances: int, baselines=None) -> dict:
     results = {}
     for vname, overrides in variants.items():
         family = exp.family_variant(**overrides) if overrides else exp.family
-        plain = _baseline_family(exp, overrides)
+        plain = _baseline_family(exp, overrides) if baselines else None
         results[vname] = {}
         evaluators = {}  # one compiled evaluator per rule (evolved and random share one)
         for cname, (rule, g) in candidates.items():
