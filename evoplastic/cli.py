@@ -214,6 +214,17 @@ def _check_cluster(cfg):
             _fail(str(err))
 
 
+def _check_logging(cfg):
+    """Fail early (before a run directory exists) if a requested logger is not installed."""
+    if cfg.logging.mlflow:
+        from .loggers import LoggerError, require_mlflow
+
+        try:
+            require_mlflow()
+        except LoggerError as err:
+            _fail(str(err))
+
+
 def _backend_options(f):
     f = click.option(
         "--address",
@@ -288,6 +299,7 @@ def run(config_path, overrides, out, seed, quiet, backend, address):
     cfg = _with_backend(_load_config(config_path, overrides, seed), backend, address)
     exp = _build(cfg)
     _check_cluster(cfg)
+    _check_logging(cfg)
     run_dir = out or _default_run_dir(cfg.name)
     if run_dir.exists():
         _fail(f"run directory {str(run_dir)!r} already exists (choose another --out)")
@@ -317,6 +329,7 @@ def resume(run_dir, quiet, backend, address):
     from .checkpoint import list_checkpoints
 
     exp = _build(_with_backend(_run_dir_config(run_dir), backend, address))
+    _check_logging(exp.config)
     if not list_checkpoints(run_dir / "checkpoints"):
         click.echo("warning: no checkpoint yet; starting again from generation 0", err=True)
     _train_and_finish(exp, run_dir, resume=True, quiet=quiet)

@@ -194,6 +194,20 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    """Where records go besides ``metrics.jsonl`` (see :mod:`evoplastic.loggers`).
+
+    ``mlflow``: also log to MLflow (the ``mlflow`` extra). ``tracking_uri``: MLflow's store
+    (default: a local file store, ``<run_dir>/mlruns``; no server). ``experiment``: the
+    MLflow experiment name. Not part of what a run computes.
+    """
+
+    mlflow: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "evoplastic"
+
+
+@dataclasses.dataclass(frozen=True)
 class GradientConfig:
     """Options of ``meta.optimizer: gradient`` (backprop through the unrolled inner loop)."""
 
@@ -232,6 +246,7 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -421,13 +436,15 @@ def dump(cfg: Config) -> str:
 
 
 def experiment_dump(cfg: Config) -> str:
-    """The config without where it runs (``backend``, ``ray``): what a run computes.
+    """The config without where it runs (``backend``, ``ray``) or logs (``logging``): what a
+    run computes.
 
     Both backends compute the same numbers, so a run started on one can be resumed on the
     other; checkpoints record a digest of this text, not of :func:`dump`.
     """
     data = _plain(cfg.to_dict())
     data.pop("ray")
+    data.pop("logging")
     data["backend"] = "local"
     if data["evaluation"]["shard_size"] is None:  # as written before the field existed
         del data["evaluation"]["shard_size"]
@@ -446,6 +463,7 @@ __all__ = [
     "BACKENDS",
     "Config",
     "ConfigError",
+    "LoggingConfig",
     "dump",
     "experiment_dump",
     "load",

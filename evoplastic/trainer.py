@@ -33,6 +33,7 @@ from . import checkpoint
 from .backends import BackendError, make_genome_evaluator
 from .config import dump, experiment_dump
 from .experiment import Experiment
+from .loggers import open_loggers
 from .tasks import test_instance_keys
 
 TIMING_FIELDS = ("time_s", "evals_per_s")
@@ -107,6 +108,12 @@ def _truncate_metrics(run_dir: Path, generation: int) -> list[dict]:
     text = "".join(json.dumps(r) + "\n" for r in kept)
     checkpoint.atomic_write(Path(run_dir) / "metrics.jsonl", text.encode())
     return kept
+
+
+def _plain_config(cfg) -> dict:
+    import yaml
+
+    return yaml.safe_load(dump(cfg))
 
 
 def _state_leaves(state) -> list[np.ndarray]:
@@ -204,7 +211,7 @@ def train(
 
     done = start
     reporter.start(cfg.generations, start)
-    metrics_file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115
+    logger = open_loggers(cfg.logging, run_dir, params=_plain_config(cfg), name=cfg.name)
     try:
         for g in range(start, end):
             t0 = time.perf_counter()
@@ -219,8 +226,7 @@ def train(
                 record |= test_summary(evaluator, exp.mean_genome(new_state), cfg.test.instances)
             record["time_s"] = elapsed
             record["evals_per_s"] = evals_per_gen / max(elapsed, 1e-9)
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            logger.log(record)
             state, done = new_state, g + 1
             records.append(record)
             reporter.update(record)
@@ -229,16 +235,16 @@ def train(
             if on_generation is not None:
                 on_generation(done)
     except KeyboardInterrupt:
-        metrics_file.close()
+        logger.close()
         reporter.close()
         save(done, state)
         raise Interrupted(done) from None
     except BackendError:
-        metrics_file.close()
+        logger.close()
         reporter.close()
         save(done, state)
         raise
-    metrics_file.close()
+    logger.close()
     reporter.close()
     return TrainResult(run_dir, exp.mean_genome(state), records, done)
 
