@@ -509,7 +509,8 @@ def distill(run_dir, degree, threshold, fit_instances, heldout_instances, eval_i
     click.echo(f"distilled: {d.equation}")
     click.echo(
         f"R² {d.r2:.4f} on {d.samples['heldout']} held-out signal samples"
-        f" ({heldout_instances} held-out instances; fit on {fit_instances} others: R² {d.r2_fit:.4f})"
+        f" ({heldout_instances} held-out instances;"
+        f" fit on {fit_instances} others: R² {d.r2_fit:.4f})"
     )
     if eval_instances:
         for name, (e, g) in (("rule", (exp, genome)), ("distilled", (dexp, dgenome))):

@@ -249,6 +249,7 @@ class Config:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
+        """The config as nested plain mappings (what ``config.yaml`` holds)."""
         return dataclasses.asdict(self)
 
 

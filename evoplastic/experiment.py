@@ -40,9 +40,11 @@ class Experiment:
         return tasks.make(self.config.task["name"], network=network, **params)
 
     def fitness(self):
+        """``fitness(genome, key) -> loss``: mean loss over the configured meta-train instances."""
         return backends.task_fitness(self.family, self.rule, self.config.evaluation.instances)
 
     def generation_step(self):
+        """``step(state, run_key, generation) -> (state, metrics)``: one generation, compiled."""
         if self.outer is not None:
             return self.outer.generation_step()
         return backends.make_generation_step(

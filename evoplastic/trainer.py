@@ -53,6 +53,8 @@ class Interrupted(Exception):
 
 @dataclasses.dataclass
 class TrainResult:
+    """What :func:`train` returns: the run directory, final genome, records and generations done."""
+
     run_dir: Path
     genome: Any
     records: list[dict]
@@ -62,13 +64,17 @@ class TrainResult:
 class Reporter:
     """Progress callbacks; the CLI supplies a progress bar or plain lines."""
 
-    def start(self, total: int, initial: int) -> None: ...
+    def start(self, total: int, initial: int) -> None:
+        """The run starts at generation ``initial`` of ``total``."""
 
-    def update(self, record: dict) -> None: ...
+    def update(self, record: dict) -> None:
+        """A generation finished with this metrics record."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """The run stopped (finished, interrupted or failed)."""
 
-    def warn(self, message: str) -> None: ...
+    def warn(self, message: str) -> None:
+        """Something the user should know (e.g. a corrupt checkpoint was skipped)."""
 
 
 def _scalar(x) -> float | int | None:

@@ -13,6 +13,7 @@ def fake_run(run_dir: Path, cfg: dict, genome=None, generations: int = 3):
 
     Returns ``(experiment, genome)``; ``genome`` defaults to the rule's initial genome.
     """
+    cfg = dict(cfg, strategy=dict(cfg.get("strategy", {}), name="simple_es"))  # quick to build
     exp = build(config.parse(cfg))
     genome = exp.genome_template if genome is None else genome
     prepare_run_dir(Path(run_dir), exp)

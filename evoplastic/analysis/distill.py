@@ -299,7 +299,9 @@ def distill_rule(
 
     def r2(parts):
         y = np.concatenate([p["dw"] for p in parts])
-        pred = np.concatenate([design_matrix(terms, p) @ c for p, c in zip(parts, coefs, strict=True)])
+        pred = np.concatenate(
+            [design_matrix(terms, p) @ c for p, c in zip(parts, coefs, strict=True)]
+        )
         return r2_score(y, pred)
 
     if per_layer:

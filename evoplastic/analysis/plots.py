@@ -185,7 +185,7 @@ def rule_heatmap(rule, genome, trace: Trace, path: Path, grid: int = GRID) -> Pa
         )
         ax.set_xlabel("pre")
         ax.set_ylabel("post")
-    fig.suptitle(f"{rule.name} rule: dw over pre x post (mean over synapses; w, err, mod at medians)")
+    fig.suptitle(f"{rule.name} rule: dw over pre x post (synapse mean; w, err, mod at medians)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

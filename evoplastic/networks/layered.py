@@ -72,9 +72,11 @@ class LayeredNetwork:
 
     @property
     def shapes(self) -> tuple[tuple[int, int], ...]:
+        """The weight shapes ``(n_out, n_in)`` of the plastic layers."""
         return tuple((o, i) for i, o in zip(self.sizes[:-1], self.sizes[1:], strict=True))
 
     def init(self, key: jax.Array) -> LayeredState:
+        """Random initial weights and, with random feedback, fixed feedback matrices."""
         ws, fb = [], []
         for layer, (n_out, n_in) in enumerate(self.shapes):
             k_w, k_b = jax.random.split(jax.random.fold_in(key, layer))
@@ -84,6 +86,7 @@ class LayeredNetwork:
         return LayeredState(ws=tuple(ws), feedback=tuple(fb), t=jnp.zeros((), jnp.int32))
 
     def forward(self, ws, x: jax.Array) -> list[jax.Array]:
+        """The activities of every layer for input ``x``, input first."""
         acts = [x]
         for layer, w in enumerate(ws):
             last = layer == len(ws) - 1
@@ -92,6 +95,7 @@ class LayeredNetwork:
         return acts
 
     def hidden_errors(self, state: LayeredState, error: jax.Array | None) -> list:
+        """The feedback value each layer's post neurons receive (see the module docstring)."""
         n = len(self.shapes)
         if error is None:
             return [None] * n
