@@ -507,6 +507,8 @@ def distill(run_dir, degree, threshold, fit_instances, heldout_instances, eval_i
         _fail(str(err))
     click.echo(f"rule:      {exp.rule.describe(genome)}")
     click.echo(f"distilled: {d.equation}")
+    order = sorted(zip(d.importance, d.terms, strict=True), reverse=True)[:5]
+    click.echo("largest terms (share of dw's RMS): " + ", ".join(f"{t} {v:.2f}" for v, t in order))
     click.echo(
         f"R² {d.r2:.4f} on {d.samples['heldout']} held-out signal samples"
         f" ({heldout_instances} held-out instances;"

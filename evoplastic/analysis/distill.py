@@ -130,6 +130,8 @@ class Distilled:
       r2: R² of the fit on held-out signal samples (all layers pooled).
       r2_layers: the same per layer.
       r2_fit: R² on the samples it was fitted on.
+      importance: per term, how much it moves ``dw`` on the held-out samples:
+        ``|c_k| * rms(term_k) / rms(dw)`` (the largest over layers with ``per_layer``).
       samples: ``{"fit": n, "heldout": n}`` signal samples.
       instances: ``{"fit": [...], "heldout": [...]}`` the held-out task instances used.
       source: the distilled rule's description.
@@ -143,6 +145,7 @@ class Distilled:
     r2: float
     r2_layers: tuple[float, ...]
     r2_fit: float
+    importance: tuple[float, ...]
     samples: dict
     instances: dict
     source: str
@@ -159,6 +162,11 @@ class Distilled:
             f"layer {i}: {format_terms(c, self.terms)}" for i, c in enumerate(self.coefficients)
         )
 
+    def dominant(self, n: int = 2) -> tuple[str, ...]:
+        """The ``n`` terms that move ``dw`` most (by :attr:`importance`), largest first."""
+        order = np.argsort(self.importance)[::-1][:n]
+        return tuple(self.terms[i] for i in order)
+
     def genome(self) -> jax.Array:
         """The coefficients as the genome of :func:`distilled_rule`."""
         return jax.numpy.asarray(self.coefficients, jax.numpy.float32)
@@ -169,6 +177,7 @@ class Distilled:
         out["coefficients"] = np.asarray(self.coefficients).tolist()
         out["terms"], out["library"] = list(self.terms), list(self.library)
         out["r2_layers"] = list(self.r2_layers)
+        out["importance"] = list(self.importance)
         out["equation"] = self.equation
         return out
 
@@ -179,6 +188,7 @@ class Distilled:
         kw = {k: v for k, v in data.items() if k in fields}
         kw["terms"], kw["library"] = tuple(kw["terms"]), tuple(kw["library"])
         kw["r2_layers"] = tuple(kw["r2_layers"])
+        kw["importance"] = tuple(kw["importance"])
         kw["coefficients"] = np.asarray(kw["coefficients"], np.float64)
         return cls(**kw)
 
@@ -311,6 +321,11 @@ def distill_rule(
             r2_one(terms, _pooled(test_traces, layer, samples_per_instance, seed), coefs[0])
             for layer in range(n_layers)
         )
+    def importance(part, c):
+        x = design_matrix(terms, part)
+        return np.abs(c) * np.sqrt(np.mean(x**2, axis=0)) / np.sqrt(np.mean(part["dw"] ** 2))
+
+    weight = np.max([importance(t, c) for t, c in zip(tests, coefs, strict=True)], axis=0)
     return Distilled(
         terms=terms,
         coefficients=coefs if per_layer else coefs[0],
@@ -318,6 +333,7 @@ def distill_rule(
         r2=r2(tests),
         r2_layers=r2_layers,
         r2_fit=r2(fits),
+        importance=tuple(float(v) for v in weight),
         samples={
             "fit": int(sum(f["dw"].size for f in fits)),
             "heldout": int(sum(t["dw"].size for t in tests)),
