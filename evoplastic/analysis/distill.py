@@ -321,6 +321,7 @@ def distill_rule(
             r2_one(terms, _pooled(test_traces, layer, samples_per_instance, seed), coefs[0])
             for layer in range(n_layers)
         )
+
     def importance(part, c):
         x = design_matrix(terms, part)
         return np.abs(c) * np.sqrt(np.mean(x**2, axis=0)) / np.sqrt(np.mean(part["dw"] ** 2))
