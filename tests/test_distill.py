@@ -44,18 +44,6 @@ def test_stlsq_recovers_a_sparse_sum_and_drops_the_rest():
     assert np.count_nonzero(coef) == 2
 
 
-def test_distilling_oja_recovers_its_terms(pca):
-    rule = rules.polynomial(rules.DEFAULT_TERMS)
-    genome = jnp.asarray(0.7 * rules.reference_genome("oja", rules.DEFAULT_TERMS))
-    d = distill.distill_rule(pca, rule, genome, fit_instances=2, heldout_instances=2)
-    assert d.r2 > 0.99 and d.samples["heldout"] > 1000
-    assert set(d.terms) == set(OJA), d.equation  # every other term of the cubic library dropped
-    for term, value in OJA.items():
-        assert coefficient(d, term) == pytest.approx(0.7 * value, rel=1e-3)
-    assert d.library == distill.term_library(("pre", "post", "w"), 3)  # err, mod never vary
-    assert d.dominant(1)[0] in OJA and min(d.importance) > 0.1
-
-
 def _mlp_like_oja(steps=600):
     """An MLP rule trained by regression to approximate Oja's rule on the signals' range."""
     rule = rules.mlp(features=("pre", "post", "w"), hidden=(32,), out_scale=1.0)
@@ -111,7 +99,13 @@ def test_distill_and_eval_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "distilled: dw = pre*post - post^2*w" in out, out
     saved = distill.load(run_dir / "distilled.json")
-    assert saved.r2 > 0.99 and set(saved.terms) == set(OJA)
+    # Oja's terms and coefficients, everything else of the cubic library dropped
+    assert saved.r2 > 0.99 and saved.samples["heldout"] > 100
+    assert set(saved.terms) == set(OJA), saved.equation
+    for term, value in OJA.items():
+        assert coefficient(saved, term) == pytest.approx(value, rel=1e-3)
+    assert saved.library == distill.term_library(("pre", "post", "w"), 3)  # err, mod: constant
+    assert set(saved.dominant(2)) == set(OJA) and min(saved.importance) > 0.1
     # evaluated like any other rule: its held-out scores are those of the fixed Oja rule
     assert call(["eval", str(run_dir), "--rule", "distilled", "--instances", "8", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)["rules"]

@@ -7,7 +7,7 @@ import pytest
 
 from evoplastic import rules, tasks
 from evoplastic.analysis import plots
-from evoplastic.analysis.trace import record_inner_loop, typical_values
+from evoplastic.analysis.trace import Trace, record_inner_loop, typical_values
 from evoplastic.cli import main
 from evoplastic.rules import Signals
 
@@ -113,3 +113,25 @@ def test_plot_command_draws_every_figure_for_every_rule_family(name, tmp_path, c
     for png in ("learning_curve.png", "rule_heatmap.png", "weight_trajectories.png"):
         data = (run_dir / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5_000, png
+
+
+def test_heat_map_of_a_divergent_inner_loop_is_still_drawn(tmp_path):
+    steps, n_out, n_in = 6, 2, 3
+    w = np.ones((steps, n_out, n_in), np.float32)
+    w[3:] = np.inf  # the weights overflowed at step 3
+    w[5] = np.nan
+    layer = {
+        "pre": np.linspace(-1, 1, steps * n_in).reshape(steps, n_in),
+        "post": np.full((steps, n_out), np.nan),
+        "w": w,
+        "err": np.zeros((steps, n_out)),
+        "mod": np.zeros(steps),
+        "dw": np.zeros_like(w),
+    }
+    trace = Trace(layers=[layer], loss=float("nan"), metrics={})
+    rule = rules.polynomial(("pre*post", "post^2*w"))
+    d = plots.heatmap_data(rule, jnp.array([1.0, -1.0]), trace, grid=5)
+    assert d["fixed"]["w"] == 1.0  # the median of the finite weights
+    np.testing.assert_allclose(d["post"], np.linspace(-1, 1, 5))  # no finite post: unit range
+    path = plots.rule_heatmap(rule, jnp.array([1.0, -1.0]), trace, tmp_path / "h.png")
+    assert path.read_bytes().startswith(b"\x89PNG")

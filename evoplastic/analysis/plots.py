@@ -147,7 +147,10 @@ def dw_grid(
 
 
 def _axis(values: np.ndarray, n: int) -> np.ndarray:
-    """``n`` points spanning the central 98% of the recorded ``values`` (at least +-1e-3)."""
+    """``n`` points spanning the central 98% of the recorded finite ``values``."""
+    values = np.asarray(values)[np.isfinite(values)]
+    if values.size == 0:  # a divergent inner loop: show the unit square
+        return np.linspace(-1.0, 1.0, n)
     lo, hi = np.percentile(values, [1, 99])
     if hi - lo < 1e-3:
         lo, hi = lo - 1.0, hi + 1.0
@@ -174,9 +177,11 @@ def rule_heatmap(rule, genome, trace: Trace, path: Path, grid: int = GRID) -> Pa
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.0), dpi=110, squeeze=False)
     for layer, ax in enumerate(axes[0]):
         d = heatmap_data(rule, genome, trace, layer, grid)
-        limit = float(np.max(np.abs(d["dw"]))) or 1.0
+        dw = np.asarray(d["dw"], np.float64)
+        finite = np.abs(dw[np.isfinite(dw)])
+        limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
         mesh = ax.pcolormesh(
-            d["pre"], d["post"], d["dw"], cmap="RdBu_r", vmin=-limit, vmax=limit, shading="auto"
+            d["pre"], d["post"], dw, cmap="RdBu_r", vmin=-limit, vmax=limit, shading="auto"
         )
         fig.colorbar(mesh, ax=ax, label="dw")
         f = d["fixed"]

@@ -140,8 +140,13 @@ def record_inner_loops(family, rule: Rule, genome, keys, split: str = "test") ->
 
 
 def typical_values(layer: dict[str, np.ndarray]) -> dict[str, float]:
-    """The median ``w``, ``err`` and ``mod`` a layer's synapses saw (heat-map context)."""
-    return {name: float(np.median(layer[name])) for name in ("w", "err", "mod")}
+    """The median ``w``, ``err`` and ``mod`` a layer's synapses saw (heat-map context; the
+    finite values only, 0 if there are none)."""
+    out = {}
+    for name in ("w", "err", "mod"):
+        v = np.asarray(layer[name])[np.isfinite(layer[name])]
+        out[name] = float(np.median(v)) if v.size else 0.0
+    return out
 
 
 def synapse_samples(
