@@ -202,11 +202,28 @@ def _step_memory(exp: Experiment) -> int | None:
         return None
 
 
-def bench_config(name: str, reps: int, echo=print, population: int | None = None) -> dict:
-    """Time one config: the toolkit's generation against the minimal loop(s)."""
+def bench_config(
+    name: str,
+    reps: int,
+    echo=print,
+    population: int | None = None,
+    shard_size: int | None = None,
+) -> dict:
+    """Time one config: the toolkit's generation against the minimal loop(s).
+
+    Args:
+      name: a key of :data:`BENCH_CONFIGS`.
+      reps: timed generations (after one that compiles).
+      echo: where to print.
+      population: overrides the config's population size.
+      shard_size: overrides ``evaluation.shard_size``; ``0`` evaluates the whole population
+        as one batch (what a GPU wants).
+    """
     raw = dict(BENCH_CONFIGS[name])
     if population:
         raw["strategy"] = raw["strategy"] | {"population_size": population}
+    if shard_size is not None:
+        raw["evaluation"] = raw["evaluation"] | {"shard_size": shard_size or None}
     exp = build(config.parse(raw))
     loops = {"toolkit": _Loop(exp), "minimal": _Loop(exp, _minimal_fitness(exp))}
     if name == "pca":
@@ -441,6 +458,29 @@ def bench_memory(lengths=MEMORY_LENGTHS, echo=print) -> list[dict]:
     return rows
 
 
+def run_only(
+    names, population: int | None, shard_size: int | None, quick: bool = False, echo=print
+) -> dict:
+    """Time only the named configs, at one population size (e.g. a GPU-sized one).
+
+    Prints each config's line (generation time, overhead against the minimal loop,
+    evaluations/s and synapse updates/s); no roofline, scaling or cache sections.
+    """
+    unknown = [n for n in names if n not in BENCH_CONFIGS]
+    if unknown:
+        raise ValueError(
+            f"bench --only: unknown config {unknown[0]!r}; choose from {', '.join(BENCH_CONFIGS)}"
+        )
+    reps = 5 if quick else 15
+    device = jax.devices()[0]
+    echo(f"evoplastic bench on {device.device_kind} ({jax.default_backend()}), {reps} generations")
+    results = []
+    for name in names:
+        results.append(bench_config(name, reps, echo, population, shard_size))
+        echo(_fmt(results[-1]))
+    return {"device": str(device), "results": results}
+
+
 def run_bench(quick: bool = False, echo=print, scaling: bool = True, memory: bool = False) -> dict:
     """Run the whole benchmark; results are printed through ``echo`` and returned.
 
@@ -497,4 +537,4 @@ def run_bench(quick: bool = False, echo=print, scaling: bool = True, memory: boo
     return out
 
 
-__all__ = ["BENCH_CONFIGS", "bench_config", "machine_limits", "roofline", "run_bench"]
+__all__ = ["BENCH_CONFIGS", "bench_config", "machine_limits", "roofline", "run_bench", "run_only"]

@@ -584,11 +584,34 @@ def list_():
 )
 @click.option("--no-scaling", is_flag=True, help="Skip the population-scaling runs.")
 @click.option("--ray", "with_ray", is_flag=True, help="Also time local vs Ray with 1 and 2 actors.")
-def bench(quick, json_path, memory, no_scaling, with_ray):
-    """Generation time against a minimal loop, machine limits, roofline and scaling."""
-    from .bench import run_bench
+@click.option(
+    "--only",
+    multiple=True,
+    help="Time only this config (repeatable): pca, hebbian, mlp_rule, control.",
+)
+@click.option("--population", type=click.IntRange(min=2), help="Population size, with --only.")
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=0),
+    help="evaluation.shard_size, with --only; 0 evaluates the whole population at once.",
+)
+def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shard_size):
+    """Generation time against a minimal loop, machine limits, roofline and scaling.
 
-    results = run_bench(quick=quick, echo=click.echo, memory=memory, scaling=not no_scaling)
+    With --only, times just the named configs (at --population, --shard-size), e.g. on a GPU:
+    ``evoplastic bench --only hebbian --population 4096 --shard-size 0``.
+    """
+    from .bench import run_bench, run_only
+
+    if (population or shard_size is not None) and not only:
+        _fail("bench: --population and --shard-size need --only NAME")
+    if only:
+        try:
+            results = run_only(only, population, shard_size, quick=quick, echo=click.echo)
+        except ValueError as err:
+            _fail(str(err))
+    else:
+        results = run_bench(quick=quick, echo=click.echo, memory=memory, scaling=not no_scaling)
     if with_ray:
         from .bench_ray import run_ray_bench
 

@@ -22,6 +22,7 @@ from . import rules, tasks
 from .networks import ACTIVATIONS, FEEDBACK
 
 BACKENDS = ("local", "ray")
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
 
 
 class ConfigError(ValueError):
@@ -153,9 +154,18 @@ class StrategyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
+    """How a population is evaluated.
+
+    ``matmul_precision``: precision of float32 matrix products, set process-wide when the
+    experiment is built: ``float32`` (default: the same numbers on CPU and GPU),
+    ``tensorfloat32`` or ``bfloat16`` (faster on GPUs, fewer mantissa bits), ``default``
+    (the device's default: TF32 on recent NVIDIA GPUs).
+    """
+
     instances: int = 8
     common_instances: bool = True
     shard_size: int | None = None
+    matmul_precision: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +328,12 @@ def parse(data: Any) -> Config:
     _positive("evaluation.instances", cfg.evaluation.instances)
     if cfg.evaluation.shard_size is not None:
         _positive("evaluation.shard_size", cfg.evaluation.shard_size)
+    if cfg.evaluation.matmul_precision not in MATMUL_PRECISIONS:
+        value = cfg.evaluation.matmul_precision
+        raise ConfigError(
+            f"evaluation.matmul_precision: unknown precision {value!r}"
+            f"{_suggest(value, MATMUL_PRECISIONS)} (one of {', '.join(MATMUL_PRECISIONS)})"
+        )
     if cfg.ray.workers is not None:
         _positive("ray.workers", cfg.ray.workers)
     if cfg.ray.gpus_per_worker is not None:
@@ -449,6 +465,8 @@ def experiment_dump(cfg: Config) -> str:
     data["backend"] = "local"
     if data["evaluation"]["shard_size"] is None:  # as written before the field existed
         del data["evaluation"]["shard_size"]
+    if data["evaluation"]["matmul_precision"] == "float32":  # likewise
+        del data["evaluation"]["matmul_precision"]
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -90,7 +90,13 @@ NEEDS_LAYERS = ("abcd", "static")  # rules whose genome follows the network's la
 
 
 def build(cfg: Config) -> Experiment:
-    """Build rule, task family and strategy; raises :class:`ConfigError` on bad input."""
+    """Build rule, task family and strategy; raises :class:`ConfigError` on bad input.
+
+    Also sets JAX's matrix-product precision for the process (``evaluation.matmul_precision``),
+    so a GPU computes what a CPU does unless the config asks for TF32 or bfloat16.
+    """
+    precision = cfg.evaluation.matmul_precision
+    jax.config.update("jax_default_matmul_precision", None if precision == "default" else precision)
     task_params = {k: v for k, v in cfg.task.items() if k != "name"}
     try:
         family = tasks.make(

@@ -39,6 +39,10 @@ def test_defaults_fill_in_and_round_trip():
         ({"backend": "rayy"}, r"^backend: unknown backend"),
         ({"test": {"variants": {"big": {"dimx": 40}}}}, r"test.variants.big.dimx: unknown key"),
         ({"rule": {"name": "polynomial", "terms": "pre*post"}}, r"rule.terms: expected a list"),
+        (
+            {"evaluation": {"matmul_precision": "tf32"}},
+            r"^evaluation.matmul_precision: unknown precision 'tf32'.*\(one of float32, ",
+        ),
     ],
 )
 def test_bad_values_name_the_field(sections, message):
@@ -105,3 +109,21 @@ def test_load_errors(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         config.load(bad)
+
+
+def test_matmul_precision_is_set_by_build_and_left_out_of_the_digest():
+    """float32 matrix products by default (a GPU would otherwise round them to TF32); the
+    default leaves a run's checkpoint digest as it was before the field existed."""
+    import jax
+
+    try:
+        build(config.parse(small_config(evaluation={"matmul_precision": "bfloat16"})))
+        assert jax.config.jax_default_matmul_precision == "bfloat16"
+        cfg = config.parse(small_config())
+        build(cfg)
+        assert jax.config.jax_default_matmul_precision == "float32"
+        assert "matmul_precision" not in config.experiment_dump(cfg)
+        other = config.parse(small_config(evaluation={"matmul_precision": "default"}))
+        assert "matmul_precision: default" in config.experiment_dump(other)
+    finally:
+        jax.config.update("jax_default_matmul_precision", "float32")

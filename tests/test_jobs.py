@@ -12,6 +12,9 @@ import pytest
 
 from .conftest import run_cli, small_config
 
+# every Ray test runs in one pytest-xdist worker: `ray stop` would end another's instance
+pytestmark = pytest.mark.xdist_group("ray")
+
 pytest.importorskip("ray")
 
 RAY = str(Path(sys.executable).parent / "ray")

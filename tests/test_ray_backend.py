@@ -18,6 +18,9 @@ from evoplastic.trainer import read_metrics, train
 
 from .conftest import run_cli, small_config
 
+# every Ray test runs in one pytest-xdist worker: `ray stop` would end another's instance
+pytestmark = pytest.mark.xdist_group("ray")
+
 ray = pytest.importorskip("ray")
 
 FITNESS_COLUMNS = ("best_loss", "mean_loss", "median_loss", "nonfinite")
@@ -26,6 +29,7 @@ FITNESS_COLUMNS = ("best_loss", "mean_loss", "median_loss", "nonfinite")
 @pytest.fixture(scope="module")
 def ray_instance():
     ray.init(
+        address="local",  # never another Ray instance running on this machine
         num_cpus=2,
         _node_ip_address="127.0.0.1",
         include_dashboard=False,

@@ -97,6 +97,7 @@ def connect(address: str | None):
             raise BackendError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
     else:
         ray.init(
+            address="local",  # a new instance, even where another runs on this machine
             num_cpus=os.cpu_count(),
             _node_ip_address="127.0.0.1",  # the embedded instance stays on this machine
             include_dashboard=False,
