@@ -50,54 +50,6 @@ def test_there_are_tutorials_and_each_has_code():
         assert python_blocks(path), f"{path.name} has no ```python block"
 
 
-class TutorialRuns:
-    """Starts every selected tutorial in its own fresh subprocess at once (they compile on
-    separate cores), then hands each test its own finished process."""
-
-    def __init__(self, workdir: Path):
-        self.workdir, self.procs = workdir, {}
-
-    def start(self, paths):
-        env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
-        for path in paths:
-            if path in self.procs:
-                continue
-            cwd = self.workdir / path.stem  # a fresh directory for whatever a tutorial writes
-            cwd.mkdir()
-            self.procs[path] = subprocess.Popen(
-                [sys.executable, "-c", RUNNER, str(path)],
-                cwd=cwd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-
-    def result(self, path, timeout=600):
-        self.start([path])
-        out, err = self.procs[path].communicate(timeout=timeout)
-        return self.procs[path].returncode, out, err
-
-    def stop(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-
-
-@pytest.fixture(scope="module")
-def tutorial_runs(request, tmp_path_factory):
-    runs = TutorialRuns(tmp_path_factory.mktemp("tutorials"))
-    selected = [
-        item.callspec.params["path"]
-        for item in request.session.items
-        if item.originalname == "test_tutorial_runs_as_written"
-    ]
-    runs.start(selected)
-    yield runs
-    runs.stop()
-
-
 @pytest.mark.parametrize(
     "path",
     [
@@ -105,9 +57,19 @@ def tutorial_runs(request, tmp_path_factory):
         for p in TUTORIALS
     ],
 )
-def test_tutorial_runs_as_written(path, tutorial_runs):
-    code, out, err = tutorial_runs.result(path)
-    assert code == 0, f"{path.name} failed:\n{out[-2000:]}\n{err[-4000:]}"
+def test_tutorial_runs_as_written(path, tmp_path):
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(path)],
+        cwd=tmp_path,  # a fresh directory: whatever a tutorial writes lands here
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"{path.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
 
 
 def _api_modules() -> list[str]:
