@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow lint bench clean
+DOCS_STAMP := $(VENV)/.docs-installed
+
+.PHONY: install run test test-slow lint bench docs clean
 
 install: $(STAMP)
 
@@ -30,5 +32,13 @@ lint: install
 bench: install
 	$(BIN)/evoplastic bench
 
+# the documentation site (mkdocs + material + mkdocstrings) in site/; warnings are errors
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

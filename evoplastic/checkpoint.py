@@ -55,6 +55,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def path_for(directory: Path, generation: int) -> Path:
+    """The file of the checkpoint written after ``generation`` generations."""
     return Path(directory) / f"ckpt-{generation:08d}.pkl"
 
 

@@ -214,6 +214,17 @@ def _check_cluster(cfg):
             _fail(str(err))
 
 
+def _check_logging(cfg):
+    """Fail early (before a run directory exists) if a requested logger is not installed."""
+    if cfg.logging.mlflow:
+        from .loggers import LoggerError, require_mlflow
+
+        try:
+            require_mlflow()
+        except LoggerError as err:
+            _fail(str(err))
+
+
 def _backend_options(f):
     f = click.option(
         "--address",
@@ -293,6 +304,7 @@ def run(config_path, overrides, out, seed, quiet, backend, address):
     cfg = _with_backend(_load_config(config_path, overrides, seed), backend, address)
     exp = _build(cfg)
     _check_cluster(cfg)
+    _check_logging(cfg)
     run_dir = out or _default_run_dir(cfg.name)
     if run_dir.exists():
         _fail(f"run directory {str(run_dir)!r} already exists (choose another --out)")
@@ -322,6 +334,7 @@ def resume(run_dir, quiet, backend, address):
     from .checkpoint import list_checkpoints
 
     exp = _build(_with_backend(_run_dir_config(run_dir), backend, address))
+    _check_logging(exp.config)
     if not list_checkpoints(run_dir / "checkpoints"):
         click.echo("warning: no checkpoint yet; starting again from generation 0", err=True)
     _train_and_finish(exp, run_dir, resume=True, quiet=quiet)
@@ -348,7 +361,15 @@ def _run_genome(run_dir: Path, exp):
 @click.argument("overrides", nargs=-1, metavar="[TASK_PARAM=VALUE]...")
 @click.option("--instances", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def eval_(run_dir, overrides, instances, as_json):
+@click.option(
+    "--rule",
+    "which",
+    type=click.Choice(["best", "distilled"]),
+    default="best",
+    show_default=True,
+    help="The run's rule, or its distilled equation (distilled.json, from `evoplastic distill`).",
+)
+def eval_(run_dir, overrides, instances, as_json, which):
     """Evaluate a run's rule on held-out instances, next to Oja's and Hebb's rules.
 
     TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension.
@@ -377,6 +398,8 @@ def eval_(run_dir, overrides, instances, as_json):
     cfg = dataclasses.replace(cfg, test=dataclasses.replace(cfg.test, variants={}))
     exp = _build(cfg)
     genome = _run_genome(run_dir, exp)
+    if which == "distilled":
+        exp, genome = _distilled(run_dir, cfg, genome)
     results = evaluate_final(exp, genome, instances)["trained"]
     task = dict(item.split("=", 1) for item in task_over)
     if as_json:
@@ -391,6 +414,7 @@ def eval_(run_dir, overrides, instances, as_json):
     metrics = list(next(iter(results.values())))
     changed = ", ".join(f"{k}={v}" for k, v in task.items())
     title = f"{run_dir} on {instances} held-out instances" + (f" ({changed})" if changed else "")
+    title += " (evolved: the distilled rule)" if which == "distilled" else ""
     table = Table(title=title)
     table.add_column("rule")
     for m in metrics:
@@ -410,16 +434,99 @@ def eval_(run_dir, overrides, instances, as_json):
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def plot(run_dir):
-    """Redraw a run's learning curve and rule plot."""
-    from .analysis import rule_summary
+    """Draw a run's learning curve, its rule (dw over pre x post) and weight trajectories.
+
+    The heat map and the trajectories come from the rule's inner loop on held-out
+    instance 0: rule_heatmap.png, weight_trajectories.png.
+    """
+    from .analysis import plots, rule_summary
     from .trainer import draw_plots, read_metrics
 
     exp = _build(_run_dir_config(run_dir))
     records = read_metrics(run_dir)
     if not records:
         _fail(f"{str(run_dir)!r} has no metrics yet")
-    draw_plots(exp, run_dir, records, rule_summary(exp.rule, _run_genome(run_dir, exp)))
+    genome = _run_genome(run_dir, exp)
+    draw_plots(exp, run_dir, records, rule_summary(exp.rule, genome))
+    plots.rule_plots(exp.family, exp.rule, genome, run_dir)
     click.echo(f"wrote plots to {run_dir}")
+
+
+def _distilled(run_dir: Path, cfg, genome):
+    from .analysis import distill
+    from .config import ConfigError
+
+    try:
+        return distill.distilled_experiment(cfg, distill.load(run_dir / distill.FILE_NAME), genome)
+    except (distill.DistillError, ConfigError) as err:
+        _fail(str(err))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--degree", type=click.IntRange(1, 5), default=3, show_default=True)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.01,
+    show_default=True,
+    help="Drop terms that move dw by less than this fraction of its RMS.",
+)
+@click.option("--fit-instances", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--heldout-instances", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--eval-instances",
+    type=click.IntRange(min=0),
+    default=32,
+    show_default=True,
+    help="Held-out instances to score both rules on (0: skip).",
+)
+def distill(run_dir, degree, threshold, fit_instances, heldout_instances, eval_instances):
+    """Fit a run's rule with a sparse polynomial of local signals; write distilled.json.
+
+    Signals (pre, post, w, err, mod) and the rule's dw are recorded on held-out task
+    instances; the equation's R² is measured on other held-out instances than it was
+    fitted on. Evaluate the result with `evoplastic eval RUN_DIR --rule distilled`.
+    """
+    import numpy as np
+
+    from .analysis import distill as dist
+    from .backends import evaluate_genome
+    from .config import ConfigError
+
+    cfg = _run_dir_config(run_dir)
+    exp = _build(cfg)
+    genome = _run_genome(run_dir, exp)
+    try:
+        d = dist.distill_rule(
+            exp.family,
+            exp.rule,
+            genome,
+            fit_instances=fit_instances,
+            heldout_instances=heldout_instances,
+            degree=degree,
+            threshold=threshold,
+        )
+        dexp, dgenome = dist.distilled_experiment(cfg, d, genome)
+    except (dist.DistillError, ConfigError) as err:
+        _fail(str(err))
+    click.echo(f"rule:      {exp.rule.describe(genome)}")
+    click.echo(f"distilled: {d.equation}")
+    order = sorted(zip(d.importance, d.terms, strict=True), reverse=True)[:5]
+    click.echo("largest terms (share of dw's RMS): " + ", ".join(f"{t} {v:.2f}" for v, t in order))
+    click.echo(
+        f"R² {d.r2:.4f} on {d.samples['heldout']} held-out signal samples"
+        f" ({heldout_instances} held-out instances;"
+        f" fit on {fit_instances} others: R² {d.r2_fit:.4f})"
+    )
+    if eval_instances:
+        for name, (e, g) in (("rule", (exp, genome)), ("distilled", (dexp, dgenome))):
+            loss = np.asarray(evaluate_genome(e.family, e.rule, g, eval_instances)["loss"])
+            finite = loss[np.isfinite(loss)]
+            mean = f"{finite.mean():.4g}" if finite.size else "nan"
+            click.echo(f"held-out loss ({name}, {eval_instances} instances): mean {mean}")
+    path = dist.save(d, run_dir / dist.FILE_NAME)
+    click.echo(f"wrote {path} (evaluate it: evoplastic eval {run_dir} --rule distilled)")
 
 
 @cli.command()

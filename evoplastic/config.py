@@ -214,6 +214,20 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    """Where records go besides ``metrics.jsonl`` (see :mod:`evoplastic.loggers`).
+
+    ``mlflow``: also log to MLflow (the ``mlflow`` extra). ``tracking_uri``: MLflow's store
+    (default: a local file store, ``<run_dir>/mlruns``; no server). ``experiment``: the
+    MLflow experiment name. Not part of what a run computes.
+    """
+
+    mlflow: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "evoplastic"
+
+
+@dataclasses.dataclass(frozen=True)
 class GradientConfig:
     """Options of ``meta.optimizer: gradient`` (backprop through the unrolled inner loop)."""
 
@@ -270,8 +284,10 @@ class Config:
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     time_budget_s: float | None = None  # stop training once this much wall time is spent
     compare: CompareConfig = dataclasses.field(default_factory=CompareConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
+        """The config as nested plain mappings (what ``config.yaml`` holds)."""
         return dataclasses.asdict(self)
 
 
@@ -595,7 +611,8 @@ def dump(cfg: Config) -> str:
 
 
 def experiment_dump(cfg: Config) -> str:
-    """The config without where it runs (``backend``, ``ray``): what a run computes.
+    """The config without where it runs (``backend``, ``ray``) or logs (``logging``): what a
+    run computes.
 
     Both backends compute the same numbers, so a run started on one can be resumed on the
     other; checkpoints record a digest of this text, not of :func:`dump`.
@@ -604,6 +621,7 @@ def experiment_dump(cfg: Config) -> str:
     if data["meta"]["selection"] == "strategy" and data["meta"]["selection_policy"] is None:
         del data["meta"]["selection"], data["meta"]["selection_policy"]  # as before them
     data.pop("ray")
+    data.pop("logging")
     data["backend"] = "local"
     for key in ("time_budget_s", "compare"):  # when to stop and what to compare with:
         data.pop(key, None)  # a budget can be raised before `evoplastic resume`
@@ -627,6 +645,7 @@ __all__ = [
     "CompareConfig",
     "Config",
     "ConfigError",
+    "LoggingConfig",
     "dump",
     "experiment_dump",
     "load",

@@ -53,6 +53,7 @@ class Experiment:
         return backends.task_fitness(self.family, self.rule, instances)
 
     def generation_step(self):
+        """``step(state, run_key, generation) -> (state, metrics)``: one generation, compiled."""
         if self.outer is not None:
             return self.outer.generation_step()
         return backends.make_generation_step(

@@ -33,6 +33,7 @@ from . import checkpoint
 from .backends import BackendError, make_genome_evaluator
 from .config import dump, experiment_dump
 from .experiment import Experiment
+from .loggers import open_loggers
 from .tasks import test_instance_keys
 
 TIMING_FIELDS = ("time_s", "evals_per_s", "wall_s", "test_s")
@@ -52,6 +53,8 @@ class Interrupted(Exception):
 
 @dataclasses.dataclass
 class TrainResult:
+    """What :func:`train` returns: the run directory, final genome, records and generations done."""
+
     run_dir: Path
     genome: Any
     records: list[dict]
@@ -62,13 +65,17 @@ class TrainResult:
 class Reporter:
     """Progress callbacks; the CLI supplies a progress bar or plain lines."""
 
-    def start(self, total: int, initial: int) -> None: ...
+    def start(self, total: int, initial: int) -> None:
+        """The run starts at generation ``initial`` of ``total``."""
 
-    def update(self, record: dict) -> None: ...
+    def update(self, record: dict) -> None:
+        """A generation finished with this metrics record."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """The run stopped (finished, interrupted or failed)."""
 
-    def warn(self, message: str) -> None: ...
+    def warn(self, message: str) -> None:
+        """Something the user should know (e.g. a corrupt checkpoint was skipped)."""
 
 
 def _scalar(x) -> float | int | None:
@@ -108,6 +115,12 @@ def _truncate_metrics(run_dir: Path, generation: int) -> list[dict]:
     text = "".join(json.dumps(r) + "\n" for r in kept)
     checkpoint.atomic_write(Path(run_dir) / "metrics.jsonl", text.encode())
     return kept
+
+
+def _plain_config(cfg) -> dict:
+    import yaml
+
+    return yaml.safe_load(dump(cfg))
 
 
 def _state_leaves(state) -> list[np.ndarray]:
@@ -215,7 +228,7 @@ def train(
     if budget_stop:
         end = start
     reporter.start(cfg.generations, start)
-    metrics_file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115
+    logger = open_loggers(cfg.logging, run_dir, params=_plain_config(cfg), name=cfg.name)
     try:
         for g in range(start, end):
             t0 = time.perf_counter()
@@ -234,8 +247,7 @@ def train(
                 tested_s += record["test_s"]
             record["time_s"] = elapsed
             record["evals_per_s"] = evals_per_gen / max(elapsed, 1e-9)
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            logger.log(record)
             state, done = new_state, g + 1
             records.append(record)
             reporter.update(record)
@@ -247,16 +259,16 @@ def train(
             if budget_stop:
                 break
     except KeyboardInterrupt:
-        metrics_file.close()
+        logger.close()
         reporter.close()
         save(done, state)
         raise Interrupted(done) from None
     except BackendError:
-        metrics_file.close()
+        logger.close()
         reporter.close()
         save(done, state)
         raise
-    metrics_file.close()
+    logger.close()
     reporter.close()
     return TrainResult(run_dir, exp.mean_genome(state), records, done, budget_stop)
 

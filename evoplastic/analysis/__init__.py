@@ -1,4 +1,9 @@
-"""Analysis of runs: rule equations, reference cosines, held-out summaries, plots."""
+"""Analysis of runs: rule equations, reference cosines, held-out summaries, plots.
+
+Submodules imported on demand: :mod:`~evoplastic.analysis.plots` (figures, including ``dw``
+heat maps and weight trajectories), :mod:`~evoplastic.analysis.trace` (recording an inner
+loop's local signals) and :mod:`~evoplastic.analysis.distill` (a rule as a sparse equation).
+"""
 
 from .report import (
     BASELINES,

@@ -21,6 +21,7 @@ TUNE_SEED = 1_414_213  # meta-train instances used for the learning-rate sweep
 
 
 def supports_backprop(family) -> bool:
+    """Whether the family has a supervised stream and query set to train with backprop."""
     return hasattr(family, "_stream") and hasattr(family, "query")
 
 

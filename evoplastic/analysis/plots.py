@@ -1,4 +1,9 @@
-"""Plots of a run: the learning curve and the discovered rule against a reference."""
+"""Plots of a run: the learning curve, the rule against a reference, the rule's ``dw`` as a
+heat map over ``pre x post`` and the weight trajectories of the inner loop.
+
+The data behind each figure comes from a pure function that the tests check
+(:func:`dw_grid`, :func:`heatmap_data`); the drawing functions only lay it out.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,17 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from ..rules.base import Signals  # noqa: E402
+from .trace import Trace, record_inner_loop, typical_values  # noqa: E402
+
+GRID = 41  # heat-map resolution (points per axis)
+TRAJECTORY_SYNAPSES = 8  # weights drawn per layer
+MAX_PANELS = 4  # layers drawn
 
 
 def learning_curve(records: list[dict], path: Path, title: str = "") -> Path:
@@ -83,3 +97,146 @@ def report_bars(rows: list[dict], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def dw_grid(
+    rule,
+    genome,
+    pre_values,
+    post_values,
+    w: float = 0.0,
+    err: float = 0.0,
+    mod: float = 0.0,
+    layer: int = 0,
+    shape: tuple[int, int] = (1, 1),
+) -> np.ndarray:
+    """The rule's ``dw`` at every ``(post, pre)`` pair, with ``w``, ``err``, ``mod`` fixed.
+
+    Every synapse of a layer of ``shape = (n_out, n_in)`` is given the same signals; the
+    result is the mean ``dw`` over its synapses (for a rule shared by all synapses, the
+    ``dw`` of any one of them; per-synapse rules such as ``abcd`` differ per synapse).
+
+    Args:
+      rule, genome: the rule and its (whole) genome; ``rule.select(genome, layer)`` is used.
+      pre_values, post_values: the grid axes.
+      w, err, mod: the fixed values of the other local signals.
+      layer: the layer whose part of the genome is used.
+      shape: the layer's weight shape (needed by per-synapse rules).
+
+    Returns:
+      ``dw[len(post_values), len(pre_values)]``.
+    """
+    g = rule.select(genome, layer)
+    n_out, n_in = shape
+    pre_values = jnp.asarray(pre_values, jnp.float32)
+
+    def at(q):
+        def one(p):
+            sig = Signals(
+                pre=jnp.full((n_in,), p),
+                post=jnp.full((n_out,), q),
+                w=jnp.full((n_out, n_in), w, jnp.float32),
+                err=jnp.full((n_out,), err, jnp.float32),
+                mod=jnp.asarray(mod, jnp.float32),
+            )
+            return jnp.mean(rule.update(g, sig))
+
+        return jax.vmap(one)(pre_values)
+
+    return np.asarray(jax.lax.map(at, jnp.asarray(post_values, jnp.float32)))
+
+
+def _axis(values: np.ndarray, n: int) -> np.ndarray:
+    """``n`` points spanning the central 98% of the recorded finite ``values``."""
+    values = np.asarray(values)[np.isfinite(values)]
+    if values.size == 0:  # a divergent inner loop: show the unit square
+        return np.linspace(-1.0, 1.0, n)
+    lo, hi = np.percentile(values, [1, 99])
+    if hi - lo < 1e-3:
+        lo, hi = lo - 1.0, hi + 1.0
+    return np.linspace(lo, hi, n)
+
+
+def heatmap_data(rule, genome, trace: Trace, layer: int = 0, grid: int = GRID) -> dict:
+    """The heat map of one layer: its axes span the recorded ``pre`` and ``post``; ``w``,
+    ``err`` and ``mod`` are fixed at the medians the layer's synapses saw.
+
+    Returns:
+      ``{"pre": [grid], "post": [grid], "dw": [grid, grid], "fixed": {w, err, mod}}``.
+    """
+    rec = trace.layers[layer]
+    fixed = typical_values(rec)
+    pre, post = _axis(rec["pre"], grid), _axis(rec["post"], grid)
+    dw = dw_grid(rule, genome, pre, post, layer=layer, shape=rec["w"].shape[1:], **fixed)
+    return {"pre": pre, "post": post, "dw": dw, "fixed": fixed}
+
+
+def rule_heatmap(rule, genome, trace: Trace, path: Path, grid: int = GRID) -> Path:
+    """``dw`` over ``pre x post`` for each layer (up to four), at typical ``w, err, mod``."""
+    n = min(len(trace.layers), MAX_PANELS)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.0), dpi=110, squeeze=False)
+    for layer, ax in enumerate(axes[0]):
+        d = heatmap_data(rule, genome, trace, layer, grid)
+        dw = np.asarray(d["dw"], np.float64)
+        finite = np.abs(dw[np.isfinite(dw)])
+        limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        mesh = ax.pcolormesh(
+            d["pre"], d["post"], dw, cmap="RdBu_r", vmin=-limit, vmax=limit, shading="auto"
+        )
+        fig.colorbar(mesh, ax=ax, label="dw")
+        f = d["fixed"]
+        ax.set_title(
+            f"layer {layer}: w={f['w']:.3g}, err={f['err']:.3g}, mod={f['mod']:.3g}", fontsize=9
+        )
+        ax.set_xlabel("pre")
+        ax.set_ylabel("post")
+    fig.suptitle(f"{rule.name} rule: dw over pre x post (synapse mean; w, err, mod at medians)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def trajectory_data(trace: Trace, layer: int = 0, synapses: int = TRAJECTORY_SYNAPSES, seed=0):
+    """``(indices, w[T, k])``: ``k`` synapses of a layer drawn at random, over inner steps."""
+    w = trace.layers[layer]["w"]
+    steps, n_out, n_in = w.shape
+    flat = w.reshape(steps, n_out * n_in)
+    k = min(synapses, flat.shape[1])
+    idx = np.sort(np.random.default_rng(seed).choice(flat.shape[1], k, replace=False))
+    return [(int(i // n_in), int(i % n_in)) for i in idx], flat[:, idx]
+
+
+def weight_trajectories(trace: Trace, path: Path, synapses: int = TRAJECTORY_SYNAPSES) -> Path:
+    """A sample of each layer's weights over the inner loop of one held-out instance."""
+    n = min(len(trace.layers), MAX_PANELS)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), dpi=110, squeeze=False)
+    for layer, ax in enumerate(axes[0]):
+        index, w = trajectory_data(trace, layer, synapses)
+        for (i, j), series in zip(index, w.T, strict=True):
+            ax.plot(series, lw=1.0, label=f"w[{i},{j}]")
+        ax.set_xlabel("inner step")
+        ax.set_ylabel("weight")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(index) <= 8:
+            ax.legend(fontsize=6)
+    fig.suptitle(f"weights over the inner loop (held-out instance; loss {trace.loss:.4g})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def rule_plots(family, rule, genome, run_dir: Path, instance: int = 0) -> list[Path]:
+    """``rule_heatmap.png`` and ``weight_trajectories.png`` of a genome, from its inner loop
+    on held-out instance ``instance``."""
+    from ..tasks import test_instance_keys
+
+    key = test_instance_keys(instance + 1)[instance]
+    trace = record_inner_loop(family, rule, genome, key)
+    run_dir = Path(run_dir)
+    return [
+        rule_heatmap(rule, genome, trace, run_dir / "rule_heatmap.png"),
+        weight_trajectories(trace, run_dir / "weight_trajectories.png"),
+    ]

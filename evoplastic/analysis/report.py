@@ -58,6 +58,7 @@ def summarize(values) -> dict[str, float]:
 
 
 def cosine(a, b) -> float:
+    """The cosine between two coefficient vectors (NaN if one is zero)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     denom = np.linalg.norm(a) * np.linalg.norm(b)
     return float(a @ b / denom) if denom > 0 else math.nan

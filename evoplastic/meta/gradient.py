@@ -93,6 +93,7 @@ class GradientMeta:
 
     @property
     def segments(self) -> int:
+        """Truncated segments per inner loop (1 without truncation)."""
         return self.family.steps // self.truncation if self.truncation else 1
 
     def _tasks(self, key):
@@ -181,7 +182,9 @@ class GradientMeta:
         return step
 
     def mean_genome(self, state: GradientState):
+        """The current genome (what a run reports)."""
         return state.genome
 
     def evals_per_generation(self) -> int:
+        """Inner loops (or segments of them) per generation."""
         return self.instances

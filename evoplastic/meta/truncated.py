@@ -70,10 +70,12 @@ class TruncatedES:
 
     @property
     def segments(self) -> int:
+        """Truncated segments per inner loop (``steps / truncation``)."""
         return self.family.steps // self.truncation
 
     @property
     def population_size(self) -> int:
+        """Members per generation."""
         return self.strategy.population_size
 
     def _tasks(self, key):
@@ -97,6 +99,7 @@ class TruncatedES:
         return jax.vmap(init)(tasks)
 
     def init_state(self, run_key: jax.Array) -> TruncatedState:
+        """The strategy state and the inner states of every member before generation 0."""
         k_rule, k_es = jax.random.split(jax.random.fold_in(run_key, 2**31 - 1))
         es = self.strategy.init(k_es, self.rule.init(k_rule), self.es_params)
         inner = self._fresh_inner(self._tasks(jax.random.PRNGKey(0)))
@@ -145,7 +148,9 @@ class TruncatedES:
         return step
 
     def mean_genome(self, state: TruncatedState):
+        """The search mean (what a run reports)."""
         return self.strategy.get_mean(state.es)
 
     def evals_per_generation(self) -> int:
+        """Truncated segments evaluated per generation."""
         return self.population_size * self.instances

@@ -112,6 +112,7 @@ class LayeredNetwork:
 
     @property
     def shapes(self) -> tuple[tuple[int, int], ...]:
+        """The weight shapes ``(n_out, n_in)`` of the plastic matrices."""
         pops = self.populations
         return tuple((pops[post], pops[pre]) for pre, post in self.wiring)
 
@@ -178,6 +179,7 @@ class LayeredNetwork:
     # -- dynamics ------------------------------------------------------------------------
 
     def forward(self, ws, x: jax.Array) -> list[jax.Array]:
+        """The activities of every layer for input ``x``, input first."""
         acts = [x]
         for layer, w in enumerate(ws):
             last = layer == len(ws) - 1

@@ -70,6 +70,7 @@ class RateNetwork:
         return RateState(w=self.w_init_norm * w, t=jnp.zeros((), jnp.int32), rule_state=rule_state)
 
     def forward(self, w: jax.Array, x: jax.Array) -> jax.Array:
+        """The response ``activation(w @ x)``."""
         return ACTIVATIONS[self.activation](w @ x)
 
     def step(

@@ -40,9 +40,11 @@ class TaskFamily(Protocol):
 
     metric_names: tuple[str, ...]
 
-    def sample(self, key: jax.Array, split: str) -> Any: ...
+    def sample(self, key: jax.Array, split: str) -> Any:
+        """One task instance of ``split`` (``train`` or ``test``) from ``key``."""
 
-    def inner_loop(self, rule, genome, task, key: jax.Array) -> tuple[jax.Array, dict]: ...
+    def inner_loop(self, rule, genome, task, key: jax.Array) -> tuple[jax.Array, dict]:
+        """A fresh network learns ``task`` with ``rule(genome)``; returns ``(loss, metrics)``."""
 
 
 class SteppableTaskFamily(TaskFamily, Protocol):
@@ -56,8 +58,11 @@ class SteppableTaskFamily(TaskFamily, Protocol):
 
     steps: int
 
-    def init_inner(self, task, key: jax.Array | None = None) -> Any: ...
+    def init_inner(self, task, key: jax.Array | None = None) -> Any:
+        """The inner-loop state before step 0."""
 
-    def inner_step(self, rule, genome, task, state, t) -> Any: ...
+    def inner_step(self, rule, genome, task, state, t) -> Any:
+        """Inner step ``t`` (may be traced): the state after it."""
 
-    def score(self, task, state) -> tuple[jax.Array, dict]: ...
+    def score(self, task, state) -> tuple[jax.Array, dict]:
+        """``(loss, metrics)`` of an inner-loop state."""

@@ -41,6 +41,8 @@ def _env(name: str):
 
 @struct.dataclass
 class ControlTask:
+    """One episode: the keys of its reset state, initial weights and environment noise."""
+
     reset_key: jax.Array
     weight_key: jax.Array
     step_key: jax.Array
@@ -82,6 +84,7 @@ class ControlFamily:
 
     @property
     def params(self):
+        """The environment's parameters with ``env_params`` applied."""
         env, params = _env(self.env)
         params = params.replace(**self.env_params)
         if self.env == "CartPole-v1":  # keep CartPole's derived constants consistent
@@ -93,9 +96,11 @@ class ControlFamily:
 
     @property
     def steps(self) -> int:
+        """Steps per episode."""
         return self.max_steps or int(self.params.max_steps_in_episode)
 
     def sample(self, key: jax.Array, split: str) -> ControlTask:
+        """One episode of ``split`` (disjoint key streams for train and test)."""
         k = jax.random.split(split_key(key, split), 3)
         return ControlTask(reset_key=k[0], weight_key=k[1], step_key=k[2])
 
@@ -106,6 +111,7 @@ class ControlFamily:
         return jnp.argmax(y)
 
     def inner_loop(self, rule, genome, task: ControlTask, key: jax.Array | None = None):
+        """Play one episode while the rule changes the weights; loss = minus the return."""
         del key
         env, _ = _env(self.env)
         params = self.params

@@ -73,6 +73,7 @@ class PCAFamily:
             raise ValueError(f"task.norm_penalty: must be >= 0, got {self.norm_penalty}")
 
     def sample(self, key: jax.Array, split: str) -> PCATask:
+        """One instance of ``split``: a random covariance, its input stream and PC1."""
         # two draws for the whole instance: fewer random-number call sites compile faster
         k_normal, k_uniform = jax.random.split(split_key(key, split))
         d = self.dim
@@ -87,6 +88,7 @@ class PCAFamily:
         return PCATask(xs=xs, pc1=q[:, 0], w0=w0)
 
     def inner_loop(self, rule, genome, task: PCATask, key: jax.Array | None = None):
+        """Learn from the whole stream; ``(loss, {alignment, norm})`` of the final weights."""
         del key  # the instance carries all of its randomness
         state = self.init_inner(task, rule=rule)
         state, _ = self.network.run(state, task.xs, rule, genome)

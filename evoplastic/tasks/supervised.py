@@ -38,6 +38,8 @@ from .base import split_key
 
 @struct.dataclass
 class SupervisedTask:
+    """One instance: support stream ``xs, ys`` (with label ``mask``), query set, weight key."""
+
     xs: jax.Array  # support inputs [K, n_in]
     ys: jax.Array  # support targets [K, n_out]
     mask: jax.Array  # [K] 1 where the example carries a label
@@ -70,6 +72,7 @@ class _Supervised:
         return jnp.tile(task.xs, reps), jnp.tile(task.ys, reps), jnp.tile(task.mask, self.epochs)
 
     def inner_loop(self, rule, genome, task: SupervisedTask, key=None):
+        """Learn the support stream online with the rule; the query loss and metrics."""
         del key
         net = self.network
         state = net.init(task.weight_key, rule)
@@ -87,6 +90,7 @@ class _Supervised:
 
     @property
     def steps(self) -> int:
+        """Inner-loop steps: ``epochs * support_size``."""
         return self.epochs * self.support_size
 
     # The stepwise inner-loop API (meta-gradients, truncated unrolls). ``inner_loop`` equals
@@ -168,6 +172,7 @@ class SinusoidFamily(_Supervised):
             raise ValueError("task.amp_min: must satisfy 0 < amp_min <= amp_max")
 
     def sample(self, key: jax.Array, split: str) -> SupervisedTask:
+        """One task instance of ``split``."""
         k = jax.random.split(split_key(key, split), 4)
         amp = jax.random.uniform(k[0], minval=self.amp_min, maxval=self.amp_max)
         phase = jax.random.uniform(k[1], maxval=jnp.pi)
@@ -181,6 +186,7 @@ class SinusoidFamily(_Supervised):
 
     @classmethod
     def create(cls, network: dict | None = None, **params) -> SinusoidFamily:
+        """Make the family; ``network`` holds :class:`LayeredNetwork` options."""
         return cls(network=networks.from_options(network, 1, 1), **params)
 
 
@@ -220,9 +226,11 @@ class DigitsFamily(_Supervised):
 
     @property
     def support_size(self) -> int:
+        """Support examples per instance: ``ways * shots``."""
         return self.ways * self.shots
 
     def sample(self, key: jax.Array, split: str) -> SupervisedTask:
+        """One task instance of ``split``."""
         x_all, y_all = _digits()
         classes = jnp.asarray(self.train_classes if split == "train" else self.test_classes)
         k = jax.random.split(split_key(key, split), 5)
@@ -250,6 +258,7 @@ class DigitsFamily(_Supervised):
 
     @classmethod
     def create(cls, network: dict | None = None, **params) -> DigitsFamily:
+        """Make the family; ``network`` holds :class:`LayeredNetwork` options."""
         for name in ("train_classes", "test_classes"):
             if name in params:
                 params[name] = tuple(params[name])

@@ -1,0 +1,127 @@
+"""Distillation: sparse regression recovers known rules from their inner-loop signals."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from evoplastic import rules, tasks
+from evoplastic.analysis import distill
+from evoplastic.backends import evaluate_genome
+from evoplastic.rules import Signals
+
+from .conftest import small_config
+from .rundirs import fake_run
+from .test_plots import call, config_with
+
+OJA = {"pre*post": 1.0, "post^2*w": -1.0}
+
+
+def coefficient(d, term):
+    return float(d.coefficients[d.terms.index(term)]) if term in d.terms else 0.0
+
+
+@pytest.fixture(scope="module")
+def pca():
+    return tasks.make("pca", dim=8, steps=200)
+
+
+def test_term_library_is_every_monomial_up_to_the_degree():
+    lib = distill.term_library(("pre", "post", "w"), 3)
+    assert len(lib) == len(set(lib)) == 20  # C(3 + 3, 3) monomials of degree <= 3
+    assert lib[0] == "1" and "post^2*w" in lib and "pre^3" in lib and "err" not in lib
+
+
+def test_stlsq_recovers_a_sparse_sum_and_drops_the_rest():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6))
+    y = 2.0 * x[:, 1] - 0.5 * x[:, 4] + 1e-4 * rng.normal(size=500)
+    coef = distill.stlsq(x, y, threshold=0.01)
+    np.testing.assert_allclose(coef, [0, 2.0, 0, 0, -0.5, 0], atol=1e-3)
+    assert np.count_nonzero(coef) == 2
+
+
+def _mlp_like_oja(steps=600):
+    """An MLP rule trained by regression to approximate Oja's rule on the signals' range."""
+    rule = rules.mlp(features=("pre", "post", "w"), hidden=(32,), out_scale=1.0)
+    k = jax.random.split(jax.random.PRNGKey(1), 3)
+    pre = jax.random.uniform(k[0], (2048,), minval=-2.5, maxval=2.5)
+    post = jax.random.uniform(k[1], (2048,), minval=-3.0, maxval=3.0)
+    w = jax.random.uniform(k[2], (2048,), minval=-1.0, maxval=1.0)
+    target = pre * post - post**2 * w
+
+    def one(g, p, q, v):
+        return rule.update(g, Signals(pre=p[None], post=q[None], w=v[None, None]))[0, 0]
+
+    def loss(g):
+        return jnp.mean((jax.vmap(one, (None, 0, 0, 0))(g, pre, post, w) - target) ** 2)
+
+    opt = optax.adam(2e-2)
+
+    @jax.jit
+    def train(g):
+        def body(carry, _):
+            g, s = carry
+            grads = jax.grad(loss)(g)
+            updates, s = opt.update(grads, s, g)
+            return (optax.apply_updates(g, updates), s), None
+
+        (g, _), _ = jax.lax.scan(body, (g, opt.init(g)), None, length=steps)
+        return g, loss(g) / jnp.var(target)
+
+    genome, rel = train(rule.init(jax.random.PRNGKey(0)))
+    assert float(rel) < 0.01  # the MLP is a good approximation where it was fitted
+    return rule, genome
+
+
+def test_distilling_an_mlp_rule_finds_the_polynomial_it_approximates(pca):
+    rule, genome = _mlp_like_oja()
+    d = distill.distill_rule(pca, rule, genome, fit_instances=2, heldout_instances=2)
+    assert d.r2 > 0.9, d.equation
+    # the two dominant terms, by how much they move dw on the held-out signals
+    assert set(d.dominant(2)) == set(OJA), (d.equation, d.importance)
+    for term, value in OJA.items():
+        assert coefficient(d, term) == pytest.approx(value, rel=0.15), d.equation
+    # held-out PCA loss of the distilled rule within 0.005 of the MLP's (8 instances)
+    original = np.mean(evaluate_genome(pca, rule, genome, 8)["loss"])
+    distilled = np.mean(evaluate_genome(pca, distill.distilled_rule(d), d.genome(), 8)["loss"])
+    assert abs(distilled - original) < 0.005, (original, distilled)
+
+
+def test_distill_and_eval_commands(tmp_path, capsys):
+    run_dir = tmp_path / "run"  # pca; terms pre*post, post^2*w, w, post; the rule is Oja's
+    fake_run(run_dir, small_config(), jnp.array([1.0, -1.0, 0.0, 0.0]))
+    args = ["--fit-instances", "2", "--heldout-instances", "2", "--eval-instances", "0"]
+    assert call(["distill", str(run_dir), *args]) == 0
+    out = capsys.readouterr().out
+    assert "distilled: dw = pre*post - post^2*w" in out, out
+    saved = distill.load(run_dir / "distilled.json")
+    # Oja's terms and coefficients, everything else of the cubic library dropped
+    assert saved.r2 > 0.99 and saved.samples["heldout"] > 100
+    assert set(saved.terms) == set(OJA), saved.equation
+    for term, value in OJA.items():
+        assert coefficient(saved, term) == pytest.approx(value, rel=1e-3)
+    assert saved.library == distill.term_library(("pre", "post", "w"), 3)  # err, mod: constant
+    assert set(saved.dominant(2)) == set(OJA) and min(saved.importance) > 0.1
+    # evaluated like any other rule: its held-out scores are those of the fixed Oja rule
+    assert call(["eval", str(run_dir), "--rule", "distilled", "--instances", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["rules"]
+    for metric in ("loss", "alignment", "norm"):
+        for stat in ("mean", "median"):
+            distilled, oja = report["evolved"][metric][stat], report["oja"][metric][stat]
+            assert distilled == pytest.approx(oja, abs=1e-5), (metric, stat)
+
+
+def test_distill_errors_are_one_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, config_with({"name": "polynomial", "terms": ["pre*post", "w"]}), jnp.zeros(2))
+    assert call(["distill", str(run_dir), "--heldout-instances", "1", "--eval-instances", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "dw = 0" in err
+    assert not (run_dir / "distilled.json").exists()
+    assert call(["eval", str(run_dir), "--rule", "distilled"]) == 2
+    err = capsys.readouterr().err
+    assert "distilled.json not found" in err and err.count("\n") == 1
