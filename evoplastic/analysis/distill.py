@@ -31,9 +31,11 @@ import jax
 import numpy as np
 
 from .. import rules
-from ..rules.base import SIGNAL_NAMES
 from ..tasks import test_instance_keys
-from .trace import record_inner_loops, synapse_samples
+from .trace import RECORDED, record_inner_loops, synapse_samples
+
+# the local signals a recorded inner loop holds (every network gives them)
+SIGNAL_NAMES = RECORDED[:-1]
 
 DEFAULT_DEGREE = 3
 DEFAULT_THRESHOLD = 0.01  # a term is dropped if it moves dw by < 1% of dw's RMS

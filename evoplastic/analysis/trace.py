@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..rules.base import SIGNAL_NAMES, Rule, Signals
+from ..rules.base import Rule, Signals
 
-RECORDED = (*SIGNAL_NAMES, "dw")
+# the signals every network gives a rule (spiking networks add traces, not recorded here)
+RECORDED = ("pre", "post", "w", "err", "mod", "dw")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,6 +83,8 @@ class LIFNetwork:
             raise ValueError("network.lif.v_reset: must be below v_threshold")
 
     def init(self, key: jax.Array, rule: Rule | None = None) -> LIFState:
+        """Random initial weights, membrane potentials at rest, traces at zero and ``rule``'s
+        state."""
         return self.init_from(jax.random.normal(key, (self.n_out, self.n_in)), rule)
 
     def init_from(self, direction: jax.Array, rule: Rule | None = None) -> LIFState:

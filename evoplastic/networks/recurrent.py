@@ -49,14 +49,19 @@ class RecurrentNetwork(LayeredNetwork):
 
     @property
     def populations(self) -> tuple[int, ...]:
+        """Sizes of the populations in ``acts``: input, settled hidden state, the hidden
+        state one settling step earlier, output."""
         n_in, n_h, n_out = self.sizes
         return (n_in, n_h, n_h, n_out)  # x, h^K, h^{K-1}, y
 
     @property
     def wiring(self) -> tuple[tuple[int, int], ...]:
+        """``(pre, post)`` population indices of each plastic matrix: input, recurrent, output."""
         return ((0, 1), (2, 1), (1, 3))  # W_in, W_rec, W_out
 
     def forward(self, ws, x: jax.Array) -> list[jax.Array]:
+        """Settle the hidden state from rest for ``settle`` steps; the activities of every
+        population (see :attr:`populations`)."""
         w_in, w_rec, w_out = ws
         f = ACTIVATIONS[self.activation]
         drive = w_in @ x
