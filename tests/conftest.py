@@ -56,3 +56,29 @@ def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
         env=env,
         timeout=timeout,
     )
+
+
+def start_local_ray(num_cpus: int = 2):
+    """A new Ray instance on loopback for this test process (never another on the machine).
+
+    Ray gives its raylet a fixed 30 s to register; on a loaded 2-core machine (the other
+    pytest-xdist worker compiling, a Ray head just stopped by ``ray stop``) that can pass,
+    so a start that timed out is tried once more.
+    """
+    ray = pytest.importorskip("ray")
+    options = dict(
+        address="local",
+        num_cpus=num_cpus,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        ray.init(**options)
+    except Exception as err:  # ray raises a bare Exception for a startup timeout
+        if "timed out during startup" not in str(err):
+            raise
+        ray.shutdown()
+        ray.init(**options)
+    return ray

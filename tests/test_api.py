@@ -16,7 +16,7 @@ from evoplastic.cli import main
 from evoplastic.tasks import custom
 
 from . import custom_tasks as ct
-from .conftest import small_config
+from .conftest import small_config, start_local_ray
 
 TARGET = jnp.array([1.0, -2.0, 0.5])
 
@@ -296,16 +296,7 @@ def test_cli_imports_a_user_task_from_the_current_directory(tmp_path, monkeypatc
 
 
 def _ray_instance():
-    ray = pytest.importorskip("ray")
-    ray.init(
-        address="local",  # never another Ray instance running on this machine
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    return ray
+    return start_local_ray()
 
 
 RAY = {"backend": "ray", "workers": 1}  # one actor: two shards, each evaluated remotely

@@ -16,7 +16,7 @@ from evoplastic.backends import ray_backend
 from evoplastic.backends.sharded import Pieces
 from evoplastic.trainer import read_metrics, train
 
-from .conftest import run_cli, small_config
+from .conftest import run_cli, small_config, start_local_ray
 
 # every Ray test runs in one pytest-xdist worker: `ray stop` would end another's instance
 pytestmark = pytest.mark.xdist_group("ray")
@@ -28,14 +28,7 @@ FITNESS_COLUMNS = ("best_loss", "mean_loss", "median_loss", "nonfinite")
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    ray.init(
-        address="local",  # never another Ray instance running on this machine
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    start_local_ray()
     yield ray
     ray.shutdown()
 
