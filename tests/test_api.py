@@ -308,7 +308,7 @@ def _fitness_columns(run_dir):
     return [{k: r[k] for k in cols} for r in ep.trainer.read_metrics(run_dir)]
 
 
-@pytest.mark.xdist_group("ray")  # every Ray test in one pytest-xdist worker
+@pytest.mark.ray  # a real Ray instance: run apart from the parallel tests
 def test_ray_backend_runs_a_python_fitness_and_reports_its_failing_member(tmp_path):
     """On a real local Ray instance (2 CPUs) a Python closure (shipped to the actor by
     value) gives the local run's metrics bit for bit, up to the same failing member."""
@@ -342,7 +342,7 @@ def test_ray_backend_runs_a_python_fitness_and_reports_its_failing_member(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
+@pytest.mark.ray
 def test_ray_backend_runs_a_task_named_by_import_path(tmp_path):
     """The actors import the factory themselves (the config route of `evoplastic run`)."""
     local = ep.evolve("tests.custom_tasks:make_quadratic", jnp.zeros(3), generations=4, **SHARDS)

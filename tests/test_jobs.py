@@ -12,8 +12,8 @@ import pytest
 
 from .conftest import run_cli, small_config
 
-# every Ray test runs in one pytest-xdist worker: `ray stop` would end another's instance
-pytestmark = pytest.mark.xdist_group("ray")
+# Ray tests run in their own pytest process, after the parallel ones (see the Makefile)
+pytestmark = pytest.mark.ray
 
 pytest.importorskip("ray")
 

@@ -18,8 +18,8 @@ from evoplastic.trainer import read_metrics, train
 
 from .conftest import run_cli, small_config, start_local_ray
 
-# every Ray test runs in one pytest-xdist worker: `ray stop` would end another's instance
-pytestmark = pytest.mark.xdist_group("ray")
+# Ray tests run in their own pytest process, after the parallel ones (see the Makefile)
+pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray")
 
@@ -186,3 +186,36 @@ def test_cli_asking_for_gpus_on_a_cpu_cluster_is_one_line(write_config, tmp_path
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and "GPU(s) per worker were asked for" in lines[-1]
     assert "Traceback" not in proc.stderr
+
+
+class _FailingFactory:
+    """A pieces factory that raises on the calls listed in ``fail`` (1: the driver's, 2: the
+    first actor's, ...): a worker that fails while starting, as a lost worker process does."""
+
+    def __init__(self, counter, cfg, fail):
+        self.counter, self.cfg, self.fail = str(counter), cfg, tuple(fail)
+
+    def __call__(self, shared):
+        calls = int(open(self.counter).read()) + 1 if os.path.exists(self.counter) else 1
+        with open(self.counter, "w") as f:
+            f.write(str(calls))
+        if calls in self.fail:
+            raise RuntimeError("worker process lost while starting")
+        return backends.sharded.config_pieces(self.cfg)
+
+
+def test_a_worker_that_fails_to_start_is_started_again_once(ray_instance, tmp_path):
+    """Startup is tried twice: a transient failure is absorbed, a lasting one is one error."""
+    cfg = small_config(evaluation={"shard_size": 4})
+    exp = build(config.parse(cfg))
+    factory = _FailingFactory(tmp_path / "once", cfg, fail=(2,))
+    with ray_backend.open_step(factory, workers=1) as step:
+        _, metrics = step(exp.init_state(jax.random.PRNGKey(0)), jax.random.PRNGKey(0), 0)
+    assert np.isfinite(float(metrics["best_loss"]))
+    assert open(tmp_path / "once").read() == "3"  # driver, failed actor, started again
+
+    factory = _FailingFactory(tmp_path / "always", cfg, fail=(2, 3))
+    with pytest.raises(backends.BackendError, match="^a Ray worker failed to start: "):
+        with ray_backend.open_step(factory, workers=1):
+            pass
+    assert open(tmp_path / "always").read() == "3"

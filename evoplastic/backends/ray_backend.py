@@ -41,6 +41,10 @@ from .sharded import Pieces, ShardEvaluator, config_pieces, sharded_step
 IN_FLIGHT = 2  # shards queued on one actor at a time
 
 
+class WorkerStartFailed(BackendError):
+    """A Ray worker raised or was lost while starting (tried twice before it is raised)."""
+
+
 class Worker:
     """A Ray actor's body: one experiment's compiled ask and shard evaluation."""
 
@@ -163,11 +167,19 @@ class RayStep:
             max_restarts=max_restarts,
             max_task_retries=0,  # lost shards are re-queued here, on any live actor
         )
-        self.actors = [
-            actor_cls.remote(factory, shared_ref, compilation_cache or None)
-            for _ in range(res["workers"])
-        ]
-        self.info = self._wait_ready(startup_timeout_s)
+
+        def start():
+            return [
+                actor_cls.remote(factory, shared_ref, compilation_cache or None)
+                for _ in range(res["workers"])
+            ]
+
+        self.actors = start()
+        try:
+            self.info = self._wait_ready(startup_timeout_s)
+        except WorkerStartFailed:  # e.g. a worker process lost while starting: once more
+            self.actors = start()
+            self.info = self._wait_ready(startup_timeout_s)
         self.stats: list[dict] = []
         self.restarts = 0
         self._step = sharded_step(pieces.step, self._evaluate_shards)
@@ -189,7 +201,7 @@ class RayStep:
             for a in self.actors:
                 ray.kill(a)
             last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise BackendError(f"a Ray worker failed to start: {last}") from None
+            raise WorkerStartFailed(f"a Ray worker failed to start: {last}") from None
 
     def __call__(self, state, run_key, generation):
         return self._step(state, run_key, generation)
