@@ -607,7 +607,7 @@ def load_data(path: str | Path, overrides: tuple[str, ...] = ()) -> dict:
 
 def dump(cfg: Config) -> str:
     """The resolved config as YAML (what a run directory stores)."""
-    return yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False)
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
 
 
 def experiment_dump(cfg: Config) -> str:
@@ -617,7 +617,7 @@ def experiment_dump(cfg: Config) -> str:
     Both backends compute the same numbers, so a run started on one can be resumed on the
     other; checkpoints record a digest of this text, not of :func:`dump`.
     """
-    data = _plain(cfg.to_dict())
+    data = plain(cfg.to_dict())
     if data["meta"]["selection"] == "strategy" and data["meta"]["selection_policy"] is None:
         del data["meta"]["selection"], data["meta"]["selection_policy"]  # as before them
     data.pop("ray")
@@ -632,11 +632,12 @@ def experiment_dump(cfg: Config) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def _plain(value):
+def plain(value):
+    """``value`` with tuples turned into lists, recursively: what YAML and JSON write."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

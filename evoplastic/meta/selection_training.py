@@ -412,9 +412,11 @@ def train(
 
 def header(cfg: SelectionTrainConfig, result: TrainResult) -> dict:
     """What a policy file records about its training (JSON-safe)."""
+    from ..config import plain
+
     return {
         "training": {
-            "config": _plain(dataclasses.asdict(cfg)),
+            "config": plain(dataclasses.asdict(cfg)),
             "initial_validation_meta_loss": result.initial_validation,
             "final_validation_meta_loss": result.final_validation,
             "kept_step": result.kept_step,
@@ -422,14 +424,6 @@ def header(cfg: SelectionTrainConfig, result: TrainResult) -> dict:
             "seconds": round(result.seconds, 1),
         }
     }
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
 
 
 __all__ = [
