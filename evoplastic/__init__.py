@@ -36,7 +36,7 @@ from .backends import MemberError
 from .config import Config, ConfigError
 from .experiment import Experiment, build
 from .tasks import FitnessError, FitnessTask, check_fitness
-from .trainer import TrainResult, finalize, prepare_run_dir, train
+from .trainer import SearchDiverged, TrainResult, finalize, prepare_run_dir, train
 
 __version__ = "0.1.0"
 
@@ -67,6 +67,7 @@ __all__ = [
     "FitnessTask",
     "MemberError",
     "Result",
+    "SearchDiverged",
     "TrainResult",
     "analysis",
     "backends",

@@ -239,7 +239,7 @@ def _backend_options(f):
 
 def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
     from .backends import BackendError, open_step
-    from .trainer import Interrupted, ResumeError, finalize, read_metrics, train
+    from .trainer import Interrupted, ResumeError, SearchDiverged, finalize, read_metrics, train
 
     _sigterm_as_interrupt()
     enable_compilation_cache()
@@ -251,6 +251,8 @@ def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
         _fail(str(err))
     except BackendError as err:
         _fail(f"{err}; the last checkpoint is intact. Resume with: evoplastic resume {run_dir}")
+    except SearchDiverged as err:
+        _fail(f"{err} (checkpoint kept in {run_dir})")
     except Interrupted as stop:
         click.echo(
             f"\ninterrupted after generation {stop.generation}; checkpoint saved."

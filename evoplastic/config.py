@@ -149,6 +149,8 @@ class NetworkConfig:
     kind: str = "default"  # default (the task's own) | layered | recurrent | rate | lif
     modulation: str = "none"  # none | network (a modulatory neuron gates the rule's mod)
     settle: int = 3  # recurrent networks: recurrent steps per input
+    traces: bool = False  # layered networks: pre/post activity traces of earlier steps
+    trace_decay: float = 0.0  # the traces' decay per step, in [0, 1)
     lif: dict = dataclasses.field(default_factory=dict)  # lif networks: LIFNetwork options
 
 
@@ -335,6 +337,8 @@ def parse(data: Any) -> Config:
     for field in ("lr", "w_init_norm"):
         _positive(f"network.{field}", getattr(cfg.network, field))
     _positive("network.lr_decay", cfg.network.lr_decay, strict=False)
+    if not 0.0 <= cfg.network.trace_decay < 1.0:
+        raise ConfigError(f"network.trace_decay: must be in [0, 1), got {cfg.network.trace_decay}")
     for field in ("activation", "output_activation"):
         value = getattr(cfg.network, field)
         if value not in ACTIVATIONS:

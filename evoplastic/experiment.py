@@ -177,8 +177,6 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> Experiment:
             f"rule.name: {cfg.rule['name']!r} is a fixed rule with nothing to evolve"
             " (use 'polynomial'; fixed rules are baselines in `evoplastic eval`)"
         )
-    if rule.terms and len(set(map(rules.canonical, rule.terms))) != len(rule.terms):
-        raise ConfigError("rule.terms: the term library lists a term twice")
     if cfg.meta.optimizer == "gradient" or cfg.meta.truncation:
         missing = [m for m in ("init_inner", "inner_step", "score") if not hasattr(family, m)]
         if missing:

@@ -43,6 +43,10 @@ class ResumeError(RuntimeError):
     """A run directory that cannot be resumed as it stands."""
 
 
+class SearchDiverged(RuntimeError):
+    """The search's mean genome became non-finite (an ES told only non-finite losses)."""
+
+
 class Interrupted(Exception):
     """The run was stopped (SIGINT/SIGTERM) after a checkpoint of ``generation`` was saved."""
 
@@ -234,6 +238,14 @@ def train(
             t0 = time.perf_counter()
             new_state, m = step(state, run_key, g)
             m = jax.device_get(m)
+            if not np.all(np.isfinite(exp.flat_genome(exp.mean_genome(new_state)))):
+                save(done, state)  # the last state whose mean is finite
+                raise SearchDiverged(
+                    f"generation {g}: the search's mean genome became non-finite (its"
+                    " members' losses were non-finite); start from gentler rules: lower"
+                    " strategy.std_init, the rule's initial coefficients (rule.init,"
+                    " rule.init_scale) or network.lr"
+                )
             elapsed = time.perf_counter() - t0
             record = {"generation": g, **{k: _scalar(v) for k, v in m.items()}}
             std = getattr(new_state, "std", None)
@@ -267,6 +279,10 @@ def train(
         logger.close()
         reporter.close()
         save(done, state)
+        raise
+    except SearchDiverged:
+        logger.close()
+        reporter.close()
         raise
     logger.close()
     reporter.close()

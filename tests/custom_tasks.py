@@ -73,3 +73,14 @@ def make_callback(limit: float = 3.0, target: float = 10.0):
         return (genome[0] - target) ** 2 + jnp.sum(genome[1:] ** 2)
 
     return fitness
+
+
+def make_finite_near_zero(radius: float = 1.0):
+    """A fitness that is finite only within ``radius`` of the origin (NaN elsewhere): a
+    stand-in for rules whose inner loop diverges."""
+
+    def fitness(genome, key):
+        loss = jnp.sum(genome**2)
+        return jnp.where(jnp.max(jnp.abs(genome)) < radius, loss, jnp.nan)
+
+    return fitness

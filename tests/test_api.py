@@ -354,3 +354,30 @@ def test_ray_backend_runs_a_task_named_by_import_path(tmp_path):
     finally:
         ray.shutdown()
     np.testing.assert_array_equal(np.asarray(remote.genome), np.asarray(local.genome))
+
+
+def test_a_search_whose_mean_turns_non_finite_stops_with_one_line(tmp_path, capsys):
+    """Told only non-finite losses (ties), CMA-ES's step size underflows and its mean turns
+    NaN; the run then stops with one line naming what to change, instead of finishing with
+    a NaN rule, and keeps the last finite state. A start where only some members diverge
+    runs as usual."""
+    from evoplastic import trainer
+
+    cfg = small_config(generations=1000, test={"every": 0, "final_instances": 4})
+    cfg["strategy"] = {"name": "cma_es", "population_size": 8, "std_init": 0.1}
+    task = {"name": "tests.custom_tasks:make_finite_near_zero", "genome": [5.0, 5.0]}
+    path = _write(tmp_path, cfg, task)
+    with pytest.raises(SystemExit) as stop:
+        main(["run", str(path), "--out", str(tmp_path / "bad"), "--quiet"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the search's mean genome became non-finite" in err[0]
+    assert "strategy.std_init" in err[0]
+    assert np.all(np.isfinite(np.asarray(trainer.latest_genome(tmp_path / "bad"))))
+    assert not (tmp_path / "bad" / "eval.json").exists()  # no NaN rule reported as a result
+    # a start inside the finite region: some members diverge, the search goes on
+    task["genome"] = [0.5, 0.5]
+    cfg.update(generations=20, strategy=cfg["strategy"] | {"std_init": 0.5})
+    summary = ep.run(config.parse(cfg | {"task": task}), tmp_path / "good")
+    flat = np.asarray(summary["rule"]["genome_flat"])
+    assert np.all(np.isfinite(flat)) and np.sum(flat**2) < 0.5

@@ -19,6 +19,49 @@ def test_parse_and_canonical():
             rules.parse_term(bad)
 
 
+def test_a_term_listed_twice_is_an_error_in_every_library():
+    for per_layer in (False, True):
+        with pytest.raises(rules.TermError, match=r"twice \('pre_trace\*post_trace'"):
+            rules.polynomial(
+                ("pre*post", "post_trace*pre_trace", "pre_trace*post_trace"),
+                per_layer=per_layer,
+                shapes=((2, 3),),
+            )
+
+
+def test_per_synapse_polynomial_weights_each_synapse_by_its_own_coefficients():
+    shapes = ((3, 4), (2, 3))
+    rule = rules.polynomial(("pre*post", "w", "pre"), per_synapse=True, shapes=shapes)
+    genome = rule.init(jax.random.PRNGKey(0))
+    assert [np.shape(g) for g in genome] == [(3, 3, 4), (3, 2, 3)]
+    assert rule.num_params() == 3 * (12 + 6)
+    genome = tuple(
+        jax.random.normal(jax.random.PRNGKey(i), np.shape(g)) for i, g in enumerate(genome)
+    )
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(5), 3)
+    pre, post, w = (
+        jax.random.normal(k1, (4,)),
+        jax.random.normal(k2, (3,)),
+        jax.random.normal(k3, (3, 4)),
+    )
+    c = np.asarray(rule.select(genome, 0))
+    dw = rule.update(rule.select(genome, 0), Signals(pre=pre, post=post, w=w))
+    want = c[0] * np.outer(post, pre) + c[1] * np.asarray(w) + c[2] * np.asarray(pre)[None]
+    np.testing.assert_allclose(dw, want, rtol=1e-5, atol=1e-6)
+    # local: dw[i, j] depends on pre[j], post[i] and w[i, j] only
+    d_pre = np.asarray(
+        jax.jacobian(lambda p: rule.update(rule.select(genome, 0), Signals(pre=p, post=post, w=w)))(
+            pre
+        )
+    )
+    assert np.all(d_pre[np.broadcast_to(np.eye(4)[None], (3, 4, 4)) == 0] == 0)
+    assert "layer 1 (mean over synapses): dw = " in rule.describe(genome)
+    with pytest.raises(ValueError, match="rule.per_synapse: needs"):
+        rules.polynomial(("pre*post",), per_synapse=True)
+    with pytest.raises(ValueError, match="not both"):
+        rules.polynomial(("pre*post",), per_synapse=True, per_layer=True, shapes=shapes)
+
+
 def test_polynomial_matches_formula():
     rule = rules.polynomial(("pre*post", "post^2*w", "w", "1"))
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)

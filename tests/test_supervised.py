@@ -34,6 +34,28 @@ def test_sinusoid_instances():
     assert not np.allclose(t.ys, u.ys)
 
 
+def test_sinusoid_bias_input_lets_the_network_fit_even_functions():
+    """Without the constant input a layered network is odd in x and can fit only the odd
+    part of a sinusoid; with ``bias: true`` it is not odd."""
+    net = dict(NET, hidden=[8], w_init_std=2.0)
+    key = jax.random.PRNGKey(0)
+    plain = tasks.make("sinusoid", network=net)
+    biased = tasks.make("sinusoid", network=net, bias=True, input_scale=1.0)
+    t, u = plain.sample(key, "test"), biased.sample(key, "test")
+    np.testing.assert_allclose(u.xs[:, 0], 5.0 * t.xs[:, 0], rtol=1e-6)  # raw x, same draw
+    np.testing.assert_array_equal(u.xs[:, 1], 1.0)
+    np.testing.assert_array_equal(u.ys, t.ys)
+    x = jnp.linspace(-1.0, 1.0, 7)[:, None]
+    for fam, odd in ((plain, True), (biased, False)):
+        ws = fam.network.init(key).ws
+        inputs = jnp.concatenate([x, jnp.ones_like(x)], 1) if fam.bias else x
+        mirror = inputs.at[:, 0].multiply(-1.0)
+        f = jax.vmap(lambda v, ws=ws, fam=fam: fam.network.forward(ws, v)[-1])
+        assert np.allclose(f(inputs), -f(mirror), atol=1e-6) == odd
+    with pytest.raises(ValueError, match="task.input_scale"):
+        tasks.make("sinusoid", network=net, input_scale=0.0)
+
+
 def test_digits_classes_are_disjoint_and_labels_consistent():
     fam = tasks.make("digits", network=NET, ways=3, shots=2, query_per_class=4,
                      train_classes=[0, 1, 2, 3], test_classes=[6, 7, 8])  # fmt: skip

@@ -114,7 +114,7 @@ def run_all(
     (its training clock goes on from its last metric line).
     """
     from ..backends import open_step
-    from ..trainer import prepare_run_dir, train
+    from ..trainer import SearchDiverged, latest_genome, prepare_run_dir, train
 
     exps = [build(r.config) for r in runs]  # every config error before any run starts
     for i, (r, exp) in enumerate(zip(runs, exps, strict=True)):
@@ -125,8 +125,14 @@ def run_all(
         if not resume:
             prepare_run_dir(r.run_dir, exp)
         reporter = reporter_factory() if reporter_factory else None
-        with open_step(exp, warn=echo) as step:
-            result = train(exp, r.run_dir, reporter=reporter, resume=resume, step=step)
+        try:
+            with open_step(exp, warn=echo) as step:
+                result = train(exp, r.run_dir, reporter=reporter, resume=resume, step=step)
+        except SearchDiverged as err:  # a method's failure, reported with its last rule
+            genome = latest_genome(r.run_dir)
+            final_eval(exp, r.run_dir, genome, None)
+            echo(f"[{i + 1}/{len(runs)}] {r.task} {r.method} seed {r.seed}: stopped, {err}")
+            continue
         final_eval(exp, r.run_dir, result.genome, result.generations)
         last = result.records[-1] if result.records else {}
         echo(

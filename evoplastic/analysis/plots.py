@@ -76,7 +76,9 @@ def report_bars(rows: list[dict], path: Path) -> Path:
     """Mean ± 95% CI of each run's evolved rule per task variant (bars) and of the
     baselines (marks), one panel per metric."""
     metrics = sorted({r["metric"] for r in rows})
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(8.0, 2.8 * len(metrics)), dpi=110)
+    most = max(len({(r["run"], r["variant"]) for r in rows if r["metric"] == m}) for m in metrics)
+    width = max(8.0, 0.55 * most)  # room for every label when a panel has many bars
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 3.4 * len(metrics)), dpi=110)
     axes = np.atleast_1d(axes)
     for ax, metric in zip(axes, metrics, strict=True):
         sub = [r for r in rows if r["metric"] == metric]
@@ -90,7 +92,8 @@ def report_bars(rows: list[dict], path: Path) -> Path:
                 else:
                     ax.plot(i, r["mean"], "_", color="k", ms=14)
         labels = [f"{run}\n{variant}" for run, variant in groups]
-        ax.set_xticks(range(len(groups)), labels, rotation=20, ha="right", fontsize=7)
+        rotation = 20 if len(groups) <= 8 else 60
+        ax.set_xticks(range(len(groups)), labels, rotation=rotation, ha="right", fontsize=7)
         ax.set_ylabel(metric)
     axes[0].set_title("held-out mean (bars: evolved rule ± 95% CI; marks: baselines)")
     fig.tight_layout()

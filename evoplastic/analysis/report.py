@@ -165,8 +165,10 @@ def report_rows(runs: list[dict]) -> list[dict]:
         cfg, ev = run["config"], run["eval"]
         task = cfg["task"]["name"] + (f" {cfg['task']['env']}" if "env" in cfg["task"] else "")
         rule = cfg["rule"]["name"]
-        if "per_synapse" in cfg["rule"]:
-            rule += " per synapse" if cfg["rule"]["per_synapse"] else " shared per layer"
+        if cfg["rule"].get("per_synapse"):  # abcd, or a polynomial with per_synapse
+            rule += " per synapse"
+        elif rule == "abcd" and "per_synapse" in cfg["rule"]:
+            rule += " shared per layer"
         for variant, by_rule in ev.items():
             for cand, metrics in by_rule.items():
                 metric = next((m for m in metrics if m not in ("loss", "lr")), "loss")

@@ -25,6 +25,15 @@ computes the neuromodulator from the network's own activity and the output error
 ``m = tanh(v . [a_1, ..., a_L, e] + b)``, and every synapse receives it as ``mod``: a rule
 with ``mod`` terms is then gated by the network (Miconi et al. 2019, "Backpropamine").
 
+With ``traces: true`` every population also keeps an exponential trace of its activity
+over the *earlier* steps, ``x_trace <- trace_decay * x_trace + (1 - trace_decay) * a``
+after each update (``trace_decay: 0``: the previous step's activity), and a synapse sees
+``pre_trace[j]`` and ``post_trace[i]``. Terms such as ``post_trace*pre -
+post_trace*pre_trace = post(t-1) * (pre(t) - pre(t-1))`` then relate what a neuron did
+to how its input changed next: differential Hebbian learning (Kosko 1986; Porr &
+Woergoetter 2006), with which a network in a closed loop can learn the consequences of
+its own actions from its sensors alone.
+
 The genome parts a pathway or the modulatory neuron needs come from
 :meth:`LayeredNetwork.genome_parts` and are added to the rule's genome with
 :func:`evoplastic.rules.with_parts`.
@@ -48,12 +57,14 @@ MODULATION = ("none", "network")
 
 @struct.dataclass
 class LayeredState:
-    """Weights ``ws[l]: [n_{l+1}, n_l]``, fixed feedback matrices, step counter, rule state."""
+    """Weights ``ws[l]: [n_{l+1}, n_l]``, fixed feedback matrices, step counter, rule state
+    and (with ``traces``) one activity trace per population."""
 
     ws: tuple
     feedback: tuple
     t: jax.Array
     rule_state: Any = ()
+    traces: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +81,8 @@ class LayeredNetwork:
       w_clip: clip weights to ``[-w_clip, w_clip]`` after each update (0: no clipping).
       feedback: the error pathway to hidden layers (see module docstring).
       modulation: ``"none"`` or ``"network"`` (a modulatory neuron; see module docstring).
+      traces: keep pre/post activity traces of earlier steps (see module docstring).
+      trace_decay: the traces' decay per step, in ``[0, 1)``.
     """
 
     sizes: tuple[int, ...]
@@ -81,8 +94,12 @@ class LayeredNetwork:
     w_clip: float = 0.0
     feedback: str = "none"
     modulation: str = "none"
+    traces: bool = False
+    trace_decay: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.trace_decay < 1.0:
+            raise ValueError(f"network.trace_decay: must be in [0, 1), got {self.trace_decay}")
         if self.feedback not in FEEDBACK:
             raise ValueError(f"network.feedback: unknown pathway {self.feedback!r}")
         if self.modulation not in MODULATION:
@@ -138,8 +155,13 @@ class LayeredNetwork:
             if self.feedback == "random" and post in hidden and post not in self._fed(layer):
                 fb.append(self._feedback_matrix(k_b, post))
         rule_state = () if rule is None else tuple(rule.init_state(s) for s in self.shapes)
+        traces = tuple(jnp.zeros(n) for n in self.populations) if self.traces else ()
         return LayeredState(
-            ws=tuple(ws), feedback=tuple(fb), t=jnp.zeros((), jnp.int32), rule_state=rule_state
+            ws=tuple(ws),
+            feedback=tuple(fb),
+            t=jnp.zeros((), jnp.int32),
+            rule_state=rule_state,
+            traces=traces,
         )
 
     def _fed(self, layer: int) -> set:
@@ -242,12 +264,13 @@ class LayeredNetwork:
         errs = self.hidden_errors(state, error, acts, parts)
         mod = self.modulator(acts, error, parts, modulator)
         rule_states = state.rule_state or tuple(() for _ in self.wiring)
+        traces = state.traces or (None,) * len(self.populations)
         new, new_rs = [], []
         for layer, (w, (pre, post)) in enumerate(zip(state.ws, self.wiring, strict=True)):
             check_rule_state(rule, rule_states[layer], w.shape)
             sig = Signals(
                 pre=acts[pre], post=acts[post], w=w, err=errs[layer], mod=mod,
-                state=rule_states[layer],
+                pre_trace=traces[pre], post_trace=traces[post], state=rule_states[layer],
             )  # fmt: skip
             dw, rs = rule.apply(rule.select(genome, layer), sig)
             w = w + lr_t * dw
@@ -256,7 +279,12 @@ class LayeredNetwork:
             new.append(w)
             new_rs.append(rs)
         rule_state = tuple(new_rs) if state.rule_state else state.rule_state
-        return state.replace(ws=tuple(new), t=state.t + 1, rule_state=rule_state)
+        if state.traces:
+            d = self.trace_decay
+            traces = tuple(d * x + (1.0 - d) * a for x, a in zip(state.traces, acts, strict=True))
+        else:
+            traces = state.traces
+        return state.replace(ws=tuple(new), t=state.t + 1, rule_state=rule_state, traces=traces)
 
     def step(self, state, x, rule, genome, error=None, modulator=None):
         """Forward ``x``, then the plasticity of every layer; returns ``(state, output)``."""

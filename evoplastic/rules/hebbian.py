@@ -25,6 +25,7 @@ def abcd(
     shapes: tuple[tuple[int, int], ...] = (),
     per_synapse: bool = True,
     init_scale: float = 0.1,
+    coefficients: tuple[str, ...] = ("A", "B", "C", "D"),
 ) -> Rule:
     """The Hebbian ABCD rule over a network whose layers have weight ``shapes``.
 
@@ -32,8 +33,20 @@ def abcd(
       shapes: ``((n_out, n_in), ...)``, one entry per plastic layer (set by the task).
       per_synapse: five coefficients per synapse (True) or per layer (False).
       init_scale: standard deviation of the initial coefficients.
+      coefficients: which of ``A, B, C, D`` the rule has (the others are zero and not
+        evolved; ``eta`` always is). With ``[A, B]`` the rule is odd in ``pre``, so a
+        network of odd activations without biases behaves the same when its input and its
+        first layer's weights change sign: the rule can relearn after its sensors are
+        inverted, which the ``C*post`` and ``D`` terms would prevent.
     """
     shapes = tuple(tuple(s) for s in shapes)
+    coefficients = tuple(coefficients)
+    unknown = [c for c in coefficients if c not in COEFFICIENTS[:4]]
+    if unknown or len(set(coefficients)) != len(coefficients):
+        raise ValueError(
+            f"rule.coefficients: {list(coefficients)} must be distinct names from A, B, C, D"
+        )
+    names = (*(c for c in COEFFICIENTS[:4] if c in coefficients), "eta")
 
     def init(key: jax.Array) -> Genome:
         out = []
@@ -41,24 +54,30 @@ def abcd(
             k = jax.random.fold_in(key, layer)
             size = shape if per_synapse else ()
             draws = init_scale * jax.random.normal(k, (len(COEFFICIENTS), *size))
-            out.append({name: draws[i] for i, name in enumerate(COEFFICIENTS)})
+            out.append({name: draws[i] for i, name in enumerate(COEFFICIENTS) if name in names})
         return tuple(out)
 
     def update(genome: Genome, signals: Signals) -> jax.Array:
         local = signals.broadcast()
         pre, post = local["pre"], local["post"]
         g = genome
-        return g["eta"] * (g["A"] * pre * post + g["B"] * pre + g["C"] * post + g["D"])
+        dw = 0.0
+        for name, value in (("A", pre * post), ("B", pre), ("C", post), ("D", 1.0)):
+            if name in g:
+                dw = dw + g[name] * value
+        return g["eta"] * jnp.broadcast_to(dw, signals.w.shape)
 
     def describe(genome: Genome) -> str:
         lines = []
         for layer, g in enumerate(genome):
             means = {k: float(np.mean(np.asarray(v))) for k, v in g.items()}
-            kind = "mean over synapses" if per_synapse else "shared"
-            lines.append(
-                f"layer {layer} ({kind}): dw = {means['eta']:.3f}*({means['A']:.3f}*pre*post"
-                f" + {means['B']:.3f}*pre + {means['C']:.3f}*post + {means['D']:.3f})"
+            terms = " + ".join(
+                f"{means[name]:.3f}*{term}" if term else f"{means[name]:.3f}"
+                for name, term in (("A", "pre*post"), ("B", "pre"), ("C", "post"), ("D", ""))
+                if name in means
             )
+            kind = "mean over synapses" if per_synapse else "shared"
+            lines.append(f"layer {layer} ({kind}): dw = {means['eta']:.3f}*({terms})")
         return "\n".join(lines)
 
     name = "abcd" if per_synapse else "abcd_shared"

@@ -121,6 +121,8 @@ def polynomial(
     init_scale: float = 0.0,
     per_layer: bool = False,
     shapes: tuple[tuple[int, int], ...] = (),
+    per_synapse: bool = False,
+    init: dict[str, float] | None = None,
 ) -> Rule:
     """A rule ``dw = sum_k c_k * term_k``; the genome is the coefficient vector ``c``.
 
@@ -129,30 +131,66 @@ def polynomial(
       init_scale: standard deviation of the initial coefficients (0: start at zero).
       per_layer: one coefficient vector per layer of a layered network (genome
         ``[n_layers, K]``) instead of one shared by all layers.
-      shapes: the layers' weight shapes (set by the task; needed with ``per_layer``).
+      shapes: the layers' weight shapes (set by the task; needed with ``per_layer`` and
+        ``per_synapse``).
+      per_synapse: one coefficient vector per synapse (genome: a tuple over layers of
+        ``[K, n_out, n_in]`` arrays), as the ABCD rule has per synapse; the rule is then
+        still local, each synapse weighting its own signals with its own coefficients.
+      init: initial coefficients by term, e.g. ``{"err*pre": 0.1}`` (the delta rule) for
+        every layer and synapse, added to the random draw: the outer search then starts
+        from a known rule instead of from zero.
 
     Returns:
       A :class:`Rule` whose ``terms`` attribute is the library.
     """
     terms = tuple(terms)
     parsed = tuple(parse_term(t) for t in terms)
-    if per_layer and not shapes:
-        raise ValueError("rule.per_layer: needs a task with a layered network")
+    if len(set(parsed)) != len(parsed):
+        twice = next(t for i, t in enumerate(terms) if parsed[i] in parsed[:i])
+        raise TermError(f"the term library lists a term twice ({twice!r}, as {canonical(twice)!r})")
+    if per_layer and per_synapse:
+        raise ValueError("rule.per_synapse: choose per_layer or per_synapse, not both")
+    for flag, on in (("per_layer", per_layer), ("per_synapse", per_synapse)):
+        if on and not shapes:
+            raise ValueError(f"rule.{flag}: needs a task with a layered network")
+    shapes = tuple(tuple(s) for s in shapes)
     lead = (len(shapes),) if per_layer else ()
+    start = np.zeros(len(terms), np.float32)
+    for term, value in (init or {}).items():
+        try:
+            k = parsed.index(parse_term(str(term)))
+        except ValueError:  # a term that does not parse, or one not in the library
+            raise ValueError(
+                f"rule.init: term {term!r} is not in the library (rule.terms)"
+            ) from None
+        start[k] = float(value)
 
     def init(key: jax.Array) -> Genome:
-        return init_scale * jax.random.normal(key, (*lead, len(terms)))
+        if per_synapse:
+            return tuple(
+                init_scale * jax.random.normal(jax.random.fold_in(key, i), (len(terms), *s))
+                + start[:, None, None]
+                for i, s in enumerate(shapes)
+            )
+        return init_scale * jax.random.normal(key, (*lead, len(terms))) + start
 
     def update(genome: Genome, signals: Signals) -> jax.Array:
         return _weighted_terms(genome, parsed, signals)
 
     def describe(genome: Genome) -> str:
+        if per_synapse:
+            return "\n".join(
+                f"layer {i} (mean over synapses): "
+                + format_equation(np.mean(np.asarray(g), axis=(1, 2)), terms)
+                for i, g in enumerate(genome)
+            )
         if not per_layer:
             return format_equation(genome, terms)
         return "\n".join(f"layer {i}: {format_equation(g, terms)}" for i, g in enumerate(genome))
 
-    select = (lambda g, layer: g[layer]) if per_layer else (lambda g, layer: g)
-    return Rule("polynomial", init, update, describe, terms if not per_layer else (), select)
+    layered = per_layer or per_synapse
+    select = (lambda g, layer: g[layer]) if layered else (lambda g, layer: g)
+    return Rule("polynomial", init, update, describe, terms if not layered else (), select)
 
 
 def _fixed(name: str) -> Rule:

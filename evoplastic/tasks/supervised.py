@@ -10,7 +10,10 @@ last step: mean squared error, or cross-entropy (with accuracy as a metric).
 * ``sinusoid`` (Lindsey & Litwin-Kumar 2020, "Learning to learn with feedback and local
   plasticity"; after Finn et al. 2017): ``y = A sin(x + phi)``, ``A ~ U[0.1, 5]``,
   ``phi ~ U[0, pi]``, ``x ~ U[-5, 5]``; K support points. Meta-test instances are
-  held-out amplitude/phase draws (a disjoint key stream).
+  held-out amplitude/phase draws (a disjoint key stream). The network sees
+  ``input_scale * x`` and, with ``bias: true``, a constant input 1 as well: without it a
+  layered network (odd activations, no biases) computes an odd function of ``x`` and can
+  fit at most the odd part ``A cos(phi) sin(x)`` of a sinusoid.
 * ``digits``: N-way K-shot classification on scikit-learn's bundled 8x8 digits (no
   download). Meta-train tasks draw their classes from ``train_classes``, meta-test tasks
   from the disjoint ``test_classes``. With ``label_fraction < 1`` only that fraction of
@@ -162,6 +165,8 @@ class SinusoidFamily(_Supervised):
     epochs: int = 1
     amp_min: float = 0.1
     amp_max: float = 5.0
+    input_scale: float = 0.2
+    bias: bool = False
 
     metric_names = ("mse",)
 
@@ -170,6 +175,8 @@ class SinusoidFamily(_Supervised):
             raise ValueError("task.support_size, task.query_size and task.epochs must be >= 1")
         if not 0 < self.amp_min <= self.amp_max:
             raise ValueError("task.amp_min: must satisfy 0 < amp_min <= amp_max")
+        if not self.input_scale > 0:
+            raise ValueError(f"task.input_scale: must be > 0, got {self.input_scale}")
 
     def sample(self, key: jax.Array, split: str) -> SupervisedTask:
         """One task instance of ``split``."""
@@ -178,7 +185,9 @@ class SinusoidFamily(_Supervised):
         phase = jax.random.uniform(k[1], maxval=jnp.pi)
         x = jax.random.uniform(k[2], (self.support_size + self.query_size, 1), minval=-5, maxval=5)
         y = amp * jnp.sin(x + phase)
-        x = x / 5.0  # inputs in [-1, 1]
+        x = self.input_scale * x  # default 0.2: inputs in [-1, 1]
+        if self.bias:
+            x = jnp.concatenate([x, jnp.ones_like(x)], axis=-1)
         s = self.support_size
         return SupervisedTask(
             xs=x[:s], ys=y[:s], mask=jnp.ones(s), qx=x[s:], qy=y[s:], weight_key=k[3]
@@ -187,7 +196,8 @@ class SinusoidFamily(_Supervised):
     @classmethod
     def create(cls, network: dict | None = None, **params) -> SinusoidFamily:
         """Make the family; ``network`` holds :class:`LayeredNetwork` options."""
-        return cls(network=networks.from_options(network, 1, 1), **params)
+        n_in = 2 if params.get("bias", cls.bias) else 1
+        return cls(network=networks.from_options(network, n_in, 1), **params)
 
 
 @functools.lru_cache(maxsize=1)
