@@ -82,6 +82,11 @@ class Reporter:
         """Something the user should know (e.g. a corrupt checkpoint was skipped)."""
 
 
+def _finite_tree(tree) -> bool:
+    """Whether every leaf of a pytree of arrays is finite."""
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
+
+
 def _scalar(x) -> float | int | None:
     """A JSON-safe scalar: non-finite floats become ``None`` (JSON has no NaN)."""
     x = np.asarray(x)
@@ -238,11 +243,12 @@ def train(
             t0 = time.perf_counter()
             new_state, m = step(state, run_key, g)
             m = jax.device_get(m)
-            if not np.all(np.isfinite(exp.flat_genome(exp.mean_genome(new_state)))):
+            if not _finite_tree(exp.mean_genome(new_state)):
                 save(done, state)  # the last state whose mean is finite
                 raise SearchDiverged(
                     f"generation {g}: the search's mean genome became non-finite (its"
-                    " members' losses were non-finite); start from gentler rules: lower"
+                    " members' losses were non-finite, or its step size underflowed after"
+                    " converging); start from gentler rules: lower"
                     " strategy.std_init, the rule's initial coefficients (rule.init,"
                     " rule.init_scale) or network.lr"
                 )

@@ -224,3 +224,46 @@ def test_compare_cli_bad_input_writes_nothing(write_config, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "error: small: time_budget_s: required (the budget of every run)"
     assert not out.exists()
+
+
+def test_a_run_whose_search_diverges_is_reported_and_the_comparison_goes_on(
+    write_config, tmp_path, capsys
+):
+    """One method's search mean turns NaN (SearchDiverged): the comparison records that run
+    with its last finite rule and still runs and reports the other method."""
+    cfg = small_config(
+        generations=2000,
+        time_budget_s=60,
+        test={"every": 0, "final_instances": 4},
+        strategy={"name": "cma_es", "population_size": 8, "std_init": 0.1},
+        compare={
+            "seeds": [0],
+            "methods": {
+                "far": {},
+                "near": {
+                    "generations": 60,
+                    "task": {"genome": [0.5, 0.5]},
+                    "strategy": {"std_init": 0.5},
+                },
+            },
+        },
+    )
+    cfg["task"] = {"name": "tests.custom_tasks:make_finite_near_zero", "genome": [5.0, 5.0]}
+    cfg["generations"] = 400
+    out = tmp_path / "cmp"
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        main(["compare", str(write_config(cfg)), "--out", str(out)])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    printed = capsys.readouterr().out
+    assert "far seed 0: stopped, generation" in printed
+    assert "the search's mean genome became non-finite" in printed
+    manifest = json.loads((out / "compare.json").read_text())["tasks"][0]
+    for run in manifest["runs"]:
+        ev = json.loads((Path(run["dir"]) / "eval.json").read_text())["trained"]["evolved"]
+        if run["method"] == "far":  # its last finite rule, outside the finite region
+            assert ev["loss"]["nonfinite"] == 4
+        else:
+            assert ev["loss"]["nonfinite"] == 0 and ev["loss"]["mean"] < 0.5
+    assert "| far |" in (out / "report.md").read_text()

@@ -62,6 +62,26 @@ def test_per_synapse_polynomial_weights_each_synapse_by_its_own_coefficients():
         rules.polynomial(("pre*post",), per_synapse=True, per_layer=True, shapes=shapes)
 
 
+def test_polynomial_search_starts_from_the_given_coefficients():
+    terms = ("err*pre", "pre*post", "w")
+    shapes = ((3, 4), (2, 3))
+    key = jax.random.PRNGKey(0)
+    start = {"pre*err": 0.03, "w": -0.5}  # any spelling of a library term
+    for kind in ({}, {"per_layer": True}, {"per_synapse": True}):
+        plain = rules.polynomial(terms, init_scale=0.1, shapes=shapes, **kind).init(key)
+        moved = rules.polynomial(terms, 0.1, shapes=shapes, init=start, **kind).init(key)
+        for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(moved), strict=True):
+            diff = np.moveaxis(np.asarray(b) - np.asarray(a), -1 if not kind.get("per_synapse")
+                               else 0, 0)  # fmt: skip
+            np.testing.assert_allclose(diff[0], 0.03, atol=1e-6)
+            np.testing.assert_allclose(diff[1], 0.0, atol=1e-6)
+            np.testing.assert_allclose(diff[2], -0.5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"rule.init: term 'post\^2' is not in the library"):
+        rules.polynomial(terms, init={"post^2": 1.0})
+    with pytest.raises(ValueError, match=r"rule.init: term 'psot' is not in the library"):
+        rules.polynomial(terms, init={"psot": 1.0})
+
+
 def test_polynomial_matches_formula():
     rule = rules.polynomial(("pre*post", "post^2*w", "w", "1"))
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)

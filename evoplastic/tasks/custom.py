@@ -342,40 +342,48 @@ def _user_frame(err: BaseException, fn) -> str:
     return where
 
 
+# How each tracing error reads for a user, by the jax error it is: "{what} <text>" with
+# ``{where}`` the user's frame.
+_TRACE_ERRORS = (
+    (
+        jax.errors.TracerBoolConversionError,
+        "is not jittable{where}: a Python `if`/`while`/`and`/`or` on a traced value; use"
+        " jnp.where or jax.lax.cond/while_loop instead",
+    ),
+    (
+        jax.errors.TracerArrayConversionError,
+        "is not jittable{where}: it converts a traced value to a numpy array (np.* or"
+        " np.asarray on an argument); use jax.numpy (jnp.*) instead",
+    ),
+    (
+        jax.errors.TracerIntegerConversionError,
+        "is not jittable{where}: a traced value is used as a Python int (an index or a"
+        " range); use jnp indexing, jax.lax.dynamic_slice or lax.fori_loop",
+    ),
+    (
+        jax.errors.ConcretizationTypeError,
+        "is not jittable{where}: a traced value is converted to a Python number (float(),"
+        " int(), .item()) or used where a concrete value is needed; keep it a jax array and"
+        " use jnp functions",
+    ),
+    (
+        jax.errors.NonConcreteBooleanIndexError,
+        "is not jittable{where}: boolean-mask indexing has a data-dependent shape; use"
+        " jnp.where(mask, x, 0) instead",
+    ),
+    (
+        jax.errors.UnexpectedTracerError,
+        "has a Python side effect{where}: a traced value escaped the function (stored in a"
+        " global, a list or an object); return values instead of storing them",
+    ),
+)
+
+
 def _trace_error(err: BaseException, fn, what: str) -> FitnessError:
     where = _user_frame(err, fn)
-    if isinstance(err, jax.errors.TracerBoolConversionError):
-        return FitnessError(
-            f"{what} is not jittable{where}: a Python `if`/`while`/`and`/`or` on a traced"
-            " value; use jnp.where or jax.lax.cond/while_loop instead"
-        )
-    if isinstance(err, jax.errors.TracerArrayConversionError):
-        return FitnessError(
-            f"{what} is not jittable{where}: it converts a traced value to a numpy array"
-            " (np.* or np.asarray on an argument); use jax.numpy (jnp.*) instead"
-        )
-    if isinstance(err, jax.errors.TracerIntegerConversionError):
-        return FitnessError(
-            f"{what} is not jittable{where}: a traced value is used as a Python int (an index"
-            " or a range); use jnp indexing, jax.lax.dynamic_slice or lax.fori_loop"
-        )
-    if isinstance(err, jax.errors.ConcretizationTypeError):
-        return FitnessError(
-            f"{what} is not jittable{where}: a traced value is converted to a Python number"
-            " (float(), int(), .item()) or used where a concrete value is needed; keep it a"
-            " jax array and use jnp functions"
-        )
-    if isinstance(err, jax.errors.NonConcreteBooleanIndexError):
-        return FitnessError(
-            f"{what} is not jittable{where}: boolean-mask indexing has a data-dependent"
-            " shape; use jnp.where(mask, x, 0) instead"
-        )
-    if isinstance(err, jax.errors.UnexpectedTracerError):
-        return FitnessError(
-            f"{what} has a Python side effect{where}: a traced value escaped the function"
-            " (stored in a global, a list or an object); return values instead of storing"
-            " them"
-        )
+    for kind, text in _TRACE_ERRORS:
+        if isinstance(err, kind):
+            return FitnessError(f"{what} " + text.format(where=where))
     return FitnessError(
         f"{what} raised {type(err).__name__} when traced with a genome like the template"
         f"{where}: {_first_line(err)}"
