@@ -151,6 +151,7 @@ class NetworkConfig:
     settle: int = 3  # recurrent networks: recurrent steps per input
     traces: bool = False  # layered networks: pre/post activity traces of earlier steps
     trace_decay: float = 0.0  # the traces' decay per step, in [0, 1)
+    excitatory: bool = False  # layered networks: plastic weights stay >= 0 (Dale's principle)
     lif: dict = dataclasses.field(default_factory=dict)  # lif networks: LIFNetwork options
 
 

@@ -36,6 +36,23 @@ def test_cartpole_episode_returns_follow_the_controller():
     assert np.all(np.asarray(inverted) < 200)  # fixed weights fail once sensors invert
 
 
+def test_sign_readout_pushes_right_when_its_single_unit_is_positive():
+    """``readout: sign``: one output unit; the same controller as the argmax pair balances
+    through it, and its negation drops the pole."""
+    net = {"hidden": [], "activation": "linear", "output_activation": "linear"}
+    fam = tasks.make("control", network=net, readout="sign")
+    assert fam.network.sizes == (4, 1)
+    static = rules.static(shapes=fam.network.shapes)
+    u = jnp.asarray([[0.05, 0.1, 1.0, 0.5]])  # > 0 when the pole falls right: push right
+    good = np.asarray(backends.evaluate_genome(fam, static, (u,), 10)["return"])
+    bad = np.asarray(backends.evaluate_genome(fam, static, (-u,), 10)["return"])
+    assert good.mean() > 450 and np.all(bad < 50)
+    with pytest.raises(ValueError, match="task.readout: 'sign' needs an environment with two"):
+        tasks.make("control", network=net, env="Acrobot-v1", readout="sign")
+    with pytest.raises(ValueError, match="task.readout: unknown readout 'max'"):
+        tasks.make("control", network=net, readout="max")
+
+
 def test_env_params_change_the_physics():
     fam = _family(env_params={"length": 1.0, "masspole": 0.2})
     assert fam.params.length == 1.0

@@ -48,6 +48,24 @@ def test_weight_clip():
     assert float(jnp.max(jnp.abs(new.ws[0]))) <= 0.1 + 1e-7
 
 
+def test_excitatory_weights_start_and_stay_non_negative():
+    """``excitatory``: a rule that drives weights down stops them at zero, where the same
+    rule on an unconstrained network makes them negative; positive updates pass as is."""
+    rule = rules.polynomial(("1",))
+    x = jnp.array([0.5, -1.0, 2.0])
+    for excitatory in (True, False):
+        net = LayeredNetwork(sizes=(3, 4, 2), lr=1.0, excitatory=excitatory)
+        state = net.init(jax.random.PRNGKey(0))
+        assert all(bool(jnp.all(w >= 0)) == excitatory for w in state.ws)
+        down, _ = net.step(state, x, rule, jnp.array([-0.3]))
+        for w0, w in zip(state.ws, down.ws, strict=True):
+            want = jnp.maximum(w0 - 0.3, 0.0) if excitatory else w0 - 0.3
+            np.testing.assert_allclose(w, want, rtol=1e-6)
+        up, _ = net.step(state, x, rule, jnp.array([0.3]))
+        for w0, w in zip(state.ws, up.ws, strict=True):
+            np.testing.assert_allclose(w, w0 + 0.3, rtol=1e-6)
+
+
 def test_traces_hold_earlier_activity_of_each_population():
     """With ``traces``, step t's rule sees the (decayed) activity of steps < t of its own
     pre and post populations: ``post_trace*pre - post_trace*pre_trace`` is then

@@ -36,6 +36,7 @@ CONTROL = [
     ("acrobot_abcd", "trained", "return", -100.0),
     ("pendulum_abcd", "trained", "return", -200.0),
     ("cartpole_trace_synapse", "inverted_at_250", "return", 400.0),
+    ("cartpole_shared_excitatory", "trained", "return", 475.0),  # one rule per layer
 ]
 
 

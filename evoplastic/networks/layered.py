@@ -83,6 +83,8 @@ class LayeredNetwork:
       modulation: ``"none"`` or ``"network"`` (a modulatory neuron; see module docstring).
       traces: keep pre/post activity traces of earlier steps (see module docstring).
       trace_decay: the traces' decay per step, in ``[0, 1)``.
+      excitatory: every plastic weight starts and stays ``>= 0`` (Dale's principle: an
+        excitatory synapse can weaken to zero but not change sign).
     """
 
     sizes: tuple[int, ...]
@@ -96,6 +98,7 @@ class LayeredNetwork:
     modulation: str = "none"
     traces: bool = False
     trace_decay: float = 0.0
+    excitatory: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.trace_decay < 1.0:
@@ -150,7 +153,8 @@ class LayeredNetwork:
         hidden = set(self.hidden_populations)
         for layer, (n_out, n_in) in enumerate(self.shapes):
             k_w, k_b = jax.random.split(jax.random.fold_in(key, layer))
-            ws.append(self.w_init_std * jax.random.normal(k_w, (n_out, n_in)) / jnp.sqrt(n_in))
+            w = self.w_init_std * jax.random.normal(k_w, (n_out, n_in)) / jnp.sqrt(n_in)
+            ws.append(jnp.abs(w) if self.excitatory else w)
             post = self.wiring[layer][1]
             if self.feedback == "random" and post in hidden and post not in self._fed(layer):
                 fb.append(self._feedback_matrix(k_b, post))
@@ -276,6 +280,8 @@ class LayeredNetwork:
             w = w + lr_t * dw
             if self.w_clip:
                 w = jnp.clip(w, -self.w_clip, self.w_clip)
+            if self.excitatory:
+                w = jnp.maximum(w, 0.0)
             new.append(w)
             new_rs.append(rs)
         rule_state = tuple(new_rs) if state.rule_state else state.rule_state

@@ -12,6 +12,12 @@ Adaptation tests the rule never saw in meta-training are task parameters:
 * ``invert_at``: from this step on, the sensors are inverted (``obs -> -obs``), which
   only a network that keeps learning survives.
 
+Discrete actions are read out as the most active output unit (``readout: argmax``, one
+unit per action). For CartPole, ``readout: sign`` uses a single output unit instead, whose
+sign picks the push (right when its output is positive): the synapses onto it then see
+the action itself as their post activity, which is what a rule shared by every synapse
+needs to relate an action to its consequences.
+
 Meta-train and meta-test episodes differ in their reset states, initial weights and
 environment noise (disjoint key streams, see :mod:`evoplastic.tasks.base`).
 """
@@ -30,6 +36,7 @@ from ..networks.layered import LayeredNetwork
 from .base import split_key
 
 ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1")
+READOUTS = ("argmax", "sign")
 
 
 @functools.cache
@@ -37,6 +44,18 @@ def _env(name: str):
     import gymnax
 
     return gymnax.make(name)
+
+
+def _check_readout(env_name: str, readout: str) -> None:
+    if readout not in READOUTS:
+        raise ValueError(
+            f"task.readout: unknown readout {readout!r} (one of {', '.join(READOUTS)})"
+        )
+    if readout == "sign" and env_name != "CartPole-v1":
+        raise ValueError(
+            f"task.readout: 'sign' needs an environment with two actions (CartPole-v1), not"
+            f" {env_name}"
+        )
 
 
 @struct.dataclass
@@ -58,6 +77,8 @@ class ControlFamily:
       max_steps: episode length (0: the environment's own limit).
       invert_at: invert the sensors from this step on (-1: never).
       env_params: overrides of the environment's parameters.
+      readout: how a discrete action is read from the output: ``argmax`` (one unit per
+        action) or ``sign`` (one unit; two-action environments only).
     """
 
     network: LayeredNetwork
@@ -65,6 +86,7 @@ class ControlFamily:
     max_steps: int = 0
     invert_at: int = -1
     env_params: dict = dataclasses.field(default_factory=dict)
+    readout: str = "argmax"
 
     metric_names = ("return",)
 
@@ -73,6 +95,7 @@ class ControlFamily:
             raise ValueError(
                 f"task.env: unknown environment {self.env!r} (one of {', '.join(ENVS)})"
             )
+        _check_readout(self.env, self.readout)
         env, params = _env(self.env)
         fields = set(params.__dataclass_fields__)
         for key in self.env_params:
@@ -108,6 +131,8 @@ class ControlFamily:
         env, params = _env(self.env)
         if self.env == "Pendulum-v1":
             return params.max_torque * y[:1]
+        if self.readout == "sign":
+            return (y[0] > 0).astype(jnp.int32)
         return jnp.argmax(y)
 
     def inner_loop(self, rule, genome, task: ControlTask, key: jax.Array | None = None):
@@ -149,4 +174,8 @@ class ControlFamily:
         n_in = env.observation_space(env_params).shape[0]
         space = env.action_space(env_params)
         n_out = space.shape[0] if env_name == "Pendulum-v1" else space.n
+        readout = params.get("readout", cls.readout)
+        _check_readout(env_name, readout)
+        if readout == "sign":
+            n_out = 1
         return cls(network=networks.from_options(network, n_in, n_out), **params)
