@@ -12,6 +12,10 @@ Adaptation tests the rule never saw in meta-training are task parameters:
 * ``invert_at``: from this step on, the sensors are inverted (``obs -> -obs``), which
   only a network that keeps learning survives.
 
+``plastic_steps`` stops the rule after that many steps (the weights then stay as they
+are), which tells a rule that keeps learning through the episode from one that only sets
+up a controller at its start.
+
 Discrete actions are read out as the most active output unit (``readout: argmax``, one
 unit per action). For CartPole, ``readout: sign`` uses a single output unit instead, whose
 sign picks the push (right when its output is positive): the synapses onto it then see
@@ -79,6 +83,8 @@ class ControlFamily:
       env_params: overrides of the environment's parameters.
       readout: how a discrete action is read from the output: ``argmax`` (one unit per
         action) or ``sign`` (one unit; two-action environments only).
+      plastic_steps: the rule changes the weights during the first ``plastic_steps`` steps
+        only (-1: the whole episode).
     """
 
     network: LayeredNetwork
@@ -87,6 +93,7 @@ class ControlFamily:
     invert_at: int = -1
     env_params: dict = dataclasses.field(default_factory=dict)
     readout: str = "argmax"
+    plastic_steps: int = -1
 
     metric_names = ("return",)
 
@@ -96,6 +103,11 @@ class ControlFamily:
                 f"task.env: unknown environment {self.env!r} (one of {', '.join(ENVS)})"
             )
         _check_readout(self.env, self.readout)
+        if self.plastic_steps < -1:
+            raise ValueError(
+                f"task.plastic_steps: must be >= 0 (or -1: the whole episode), got"
+                f" {self.plastic_steps}"
+            )
         env, params = _env(self.env)
         fields = set(params.__dataclass_fields__)
         for key in self.env_params:
@@ -154,7 +166,10 @@ class ControlFamily:
             obs, env_state, reward, finished, _ = env.step_env(
                 jax.random.fold_in(task.step_key, t), env_state, self._action(acts[-1]), params
             )
-            state = net.plasticity(state, acts, rule, genome)
+            new = net.plasticity(state, acts, rule, genome)
+            if self.plastic_steps >= 0:
+                new = jax.tree.map(lambda a, b: jnp.where(t < self.plastic_steps, a, b), new, state)
+            state = new
             ret = ret + jnp.where(done, 0.0, reward)
             return (state, env_state, obs, done | finished, ret), None
 
