@@ -22,11 +22,11 @@ run: install
 # two pytest-xdist workers for everything but Ray; the Ray tests (which start and stop
 # Ray instances of their own) then run in one process, alone on the machine
 test: install
-	$(BIN)/python -m pytest -q -n 2 -m "not slow and not ray"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not ray"
 	$(BIN)/python -m pytest -q -m "ray and not slow"
 
 test-slow: install
-	$(BIN)/python -m pytest -q -n 2 -m "slow and not ray"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "slow and not ray"
 	$(BIN)/python -m pytest -q -m "slow and ray"
 
 lint: install
