@@ -16,29 +16,31 @@ from evoplastic.config import load
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
 
-def _evaluate(name: str, baselines=()):
+def _load(name: str):
+    """The committed run ``name``: its experiment, final genome and evaluation."""
     run_dir = RESULTS / name
     exp = build(load(run_dir / "config.yaml"))
     flat = json.loads((run_dir / "best_rule.json").read_text())["genome_flat"]
     committed = json.loads((run_dir / "eval.json").read_text())
-    return evaluate_final(exp, exp.unflatten_genome(flat), 100, baselines=baselines), committed
+    return exp, exp.unflatten_genome(flat), committed
+
+
+def _evaluate(name: str, baselines=()):
+    exp, genome, committed = _load(name)
+    return evaluate_final(exp, genome, 100, baselines=baselines), committed
 
 
 def _evolved(name: str, variants=("trained",), metric="return"):
     """The evolved genome's held-out summaries on some variants only (no baselines), and
     the committed evaluation."""
-    run_dir = RESULTS / name
-    exp = build(load(run_dir / "config.yaml"))
-    genome = exp.unflatten_genome(
-        json.loads((run_dir / "best_rule.json").read_text())["genome_flat"]
-    )
+    exp, genome, committed = _load(name)
     out = {}
     for variant in variants:
         overrides = dict(exp.config.test.variants).get(variant, {})
         family = exp.family_variant(**overrides) if overrides else exp.family
         raw = backends.evaluate_genome(family, exp.rule, genome, 100)
         out[variant] = summarize(raw[metric])
-    return out, json.loads((run_dir / "eval.json").read_text())
+    return out, committed
 
 
 def _mean(results, variant, rule, metric):

@@ -189,8 +189,6 @@ class ControlFamily:
         n_in = env.observation_space(env_params).shape[0]
         space = env.action_space(env_params)
         n_out = space.shape[0] if env_name == "Pendulum-v1" else space.n
-        readout = params.get("readout", cls.readout)
-        _check_readout(env_name, readout)
-        if readout == "sign":
+        if params.get("readout") == "sign":  # checked against the environment on creation
             n_out = 1
         return cls(network=networks.from_options(network, n_in, n_out), **params)
