@@ -808,11 +808,23 @@ _ADDRESS = click.option(
     show_default=True,
     help="Directory uploaded as the job's working directory (holds CONFIG).",
 )
-@click.option("--wait", is_flag=True, help="Wait for the job and print its logs.")
-def submit(config_path, overrides, address, workers, gpus_per_worker, out, project, wait):
+@click.option(
+    "--env",
+    "job_env",
+    default="pip",
+    show_default=True,
+    help="The job's environment: pip or uv (evoplastic and its pinned requirements, installed "
+    "by Ray), cluster (the cluster's own python), or image:URI (a container image).",
+)
+@click.option("--wait", is_flag=True, help="Follow the job's logs until it has finished.")
+def submit(config_path, overrides, address, workers, gpus_per_worker, out, project, job_env, wait):
     """Run CONFIG on a Ray cluster as a job (the project is uploaded as its working dir)."""
     from . import jobs
 
+    try:
+        jobs.parse_env(job_env)
+    except jobs.JobError as err:
+        _fail(str(err))
     cfg = _load_config(config_path, overrides)
     _build(cfg)
     job_id = _jobs_call(
@@ -825,12 +837,12 @@ def submit(config_path, overrides, address, workers, gpus_per_worker, out, proje
         workers=workers,
         gpus_per_worker=gpus_per_worker,
         name=cfg.name,
+        env=job_env,
     )
     click.echo(f"submitted job {job_id}")
     if wait:
-        info = _jobs_call(jobs.status, address, job_id, wait=True)
-        click.echo(_jobs_call(jobs.logs, address, job_id), nl=False)
-        _report_status(job_id, info)
+        _jobs_call(jobs.follow, address, job_id, lambda text: click.echo(text, nl=False))
+        _report_status(job_id, _jobs_call(jobs.status, address, job_id, wait=True))
 
 
 @cli.group(name="jobs")
@@ -862,11 +874,15 @@ def jobs_status(job_id, address, wait):
 @jobs_.command(name="logs")
 @click.argument("job_id")
 @_ADDRESS
-def jobs_logs(job_id, address):
+@click.option("--follow", "-f", is_flag=True, help="Stream the logs until the job has finished.")
+def jobs_logs(job_id, address, follow):
     """Print a job's logs."""
     from . import jobs
 
-    click.echo(_jobs_call(jobs.logs, address, job_id), nl=False)
+    if follow:
+        _jobs_call(jobs.follow, address, job_id, lambda text: click.echo(text, nl=False))
+    else:
+        click.echo(_jobs_call(jobs.logs, address, job_id), nl=False)
 
 
 @jobs_.command(name="stop")

@@ -45,9 +45,9 @@ def write_config(tmp_path):
     return write
 
 
-def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    """Run the real ``evoplastic`` entry point in a subprocess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_cli(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """Run the real ``evoplastic`` entry point in a subprocess (``env``: variables to set)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "evoplastic.cli", *map(str, args)],
         capture_output=True,
