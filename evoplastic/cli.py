@@ -386,11 +386,9 @@ def eval_(run_dir, overrides, instances, as_json, which):
         key = item.split("=", 1)[0]
         task_over.append(item if key.startswith("task.") else f"task.{item}")
     if task_over:
-        import yaml
+        from .config import ConfigError, parse, safe_load, set_override
 
-        from .config import ConfigError, parse, set_override
-
-        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+        data = safe_load((run_dir / "config.yaml").read_text())
         try:
             for item in task_over:
                 set_override(data, item)
@@ -537,9 +535,8 @@ def distill(run_dir, degree, threshold, fit_instances, heldout_instances, eval_i
 @click.option("--plot", type=click.Path(path_type=Path), help="Draw a bar chart here (PNG).")
 def report(run_dirs, out, plot):
     """A markdown table of finished runs: mean and 95% CI over held-out instances."""
-    import yaml
-
     from .analysis import markdown_table, report_rows
+    from .config import safe_load
 
     runs = []
     for run_dir in run_dirs:
@@ -549,7 +546,7 @@ def report(run_dirs, out, plot):
         runs.append(
             {
                 "dir": run_dir,
-                "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+                "config": safe_load((run_dir / "config.yaml").read_text()),
                 "eval": json.loads((run_dir / "eval.json").read_text()),
             }
         )
@@ -681,11 +678,13 @@ def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shar
 def _read_yaml(path) -> dict:
     import yaml
 
+    from .config import safe_load
+
     path = Path(path)
     if not path.is_file():
         _fail(f"config file {str(path)!r} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except yaml.YAMLError:
         _fail(f"{path}: not valid YAML")
     if not isinstance(data, dict):
@@ -765,10 +764,16 @@ def compare_selection(config_path, overrides, out, json_path):
         atomic_write(json_path, (json.dumps(results, indent=2) + "\n").encode())
 
 
+RAY_HINT = "pip install 'ray[default]>=2.40' into this environment (make install has it)"
+
+
 def _jobs_call(fn, *args, **kwargs):
     import logging
 
-    import ray.job_submission  # noqa: F401  (its loggers exist once it is imported)
+    try:
+        import ray.job_submission  # noqa: F401  (its loggers exist once it is imported)
+    except ImportError:
+        _fail(f"cluster jobs need Ray, which is not installed: {RAY_HINT}")
 
     from .jobs import JobError
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,6 +29,26 @@ MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names the field and what is wrong."""
+
+
+class Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's numbers: ``1e-3`` and ``3E+2`` are floats.
+
+    PyYAML implements YAML 1.1, whose floats need a dot (``1.0e-3``), so ``lr: 1e-3`` was
+    read as the text ``'1e-3'``. Everything else is the safe loader's.
+    """
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str):
+    """Parse YAML text safely, with YAML 1.2 numbers (see :class:`Loader`)."""
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _suggest(key: str, choices) -> str:
@@ -386,16 +408,16 @@ def parse(data: Any) -> Config:
     _positive("test.final_instances", cfg.test.final_instances)
     _positive("checkpoint.every", cfg.checkpoint.every)
     _positive("checkpoint.keep", cfg.checkpoint.keep)
+    _check_task_values("task", task_params)
     for vname, overrides in cfg.test.variants.items():
         if not isinstance(overrides, dict):
             raise ConfigError(f"test.variants.{vname}: expected a mapping of task parameters")
         if task_factory is None:
             raise ConfigError(f"test.variants.{vname}: not available for a Python task object")
-        _kwargs_of(task_factory, overrides, f"test.variants.{vname}")
-    for key, value in task_params.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-            if key in ("dim", "steps", "scale_min", "scale_max"):
-                raise ConfigError(f"task.{key}: must be > 0, got {value}")
+        checked = _kwargs_of(task_factory, overrides, f"test.variants.{vname}")
+        _check_task_values(f"test.variants.{vname}", task_params | checked)
+    if cfg.strategy.optimizer is not None:
+        check_optimizer("strategy.optimizer", cfg.strategy.optimizer)
     _check_meta(cfg, task_params)
     if cfg.time_budget_s is not None:
         _positive("time_budget_s", cfg.time_budget_s)
@@ -452,6 +474,92 @@ def _task(section) -> tuple[str, dict, Any]:
     return name, params, factory
 
 
+def check_optimizer(path: str, spec) -> None:
+    """An optax optimizer section, ``{name: adamw, learning_rate: 1e-3, ...}``, before use.
+
+    The name must be an optax optimizer and every other key one of its arguments, with a value
+    of the argument's kind (numbers where optax takes numbers); the optimizer is then built
+    and stepped once on a two-number parameter, so an argument optax rejects is found here.
+    """
+    import numpy as np
+    import optax
+
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: expected a mapping like {{name: adam, learning_rate: 0.01}}")
+    name = spec.get("name")
+    factory = getattr(optax, name, None) if isinstance(name, str) else None
+    if not isinstance(name, str) or name.startswith("_") or not inspect.isfunction(factory):
+        names = [n for n in dir(optax) if not n.startswith("_")]
+        hint = _suggest(name, names) if isinstance(name, str) else ""
+        raise ConfigError(
+            f"{path}.name: expected an optax optimizer (adam, sgd, ...), got {name!r}{hint}"
+        )
+    params = inspect.signature(factory).parameters
+    for key, value in spec.items():
+        if key == "name":
+            continue
+        where = f"{path}.{_show(key)}"
+        if key not in params:
+            raise ConfigError(
+                f"{where}: not an argument of optax.{name}{_suggest(str(key), params)}"
+            )
+        default = params[key].default
+        number = key in ("learning_rate",) or (
+            isinstance(default, int | float) and not isinstance(default, bool)
+        )
+        if number:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: must be finite, got {value}")
+            if key == "learning_rate" and value <= 0:
+                raise ConfigError(f"{where}: must be > 0, got {value}")
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        elif not isinstance(value, int | float | str | bool | type(None)):
+            raise ConfigError(f"{where}: expected a number, text or true/false, got {value!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        tx = factory(**kwargs)
+        params0 = np.zeros(2, np.float32)
+        tx.update(np.ones(2, np.float32), tx.init(params0), params0)
+    except Exception as err:  # optax's own checks, of any kind: one line naming the section
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path}: optax.{name} rejects these arguments: {reason}") from None
+
+
+# task parameters that are sizes, counts or scales: > 0 (in task and in every test variant)
+POSITIVE_TASK_PARAMS = (
+    "dim",
+    "steps",
+    "scale_min",
+    "scale_max",
+    "support_size",
+    "query_size",
+    "epochs",
+    "ways",
+    "shots",
+    "query_per_class",
+    "input_scale",
+)
+
+
+def _check_task_values(path: str, params: dict) -> None:
+    for key, value in params.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{path}.{key}: must be finite, got {value}")
+            if key in POSITIVE_TASK_PARAMS and value <= 0:
+                raise ConfigError(f"{path}.{key}: must be > 0, got {value}")
+    for low, high in (("scale_min", "scale_max"), ("amp_min", "amp_max")):
+        lo, hi = params.get(low), params.get(high)
+        if isinstance(lo, int | float) and isinstance(hi, int | float) and lo > hi:
+            raise ConfigError(f"{path}.{low}: must be <= {high} ({hi}), got {lo}")
+    fraction = params.get("label_fraction")
+    if isinstance(fraction, int | float) and not 0 < fraction <= 1:
+        raise ConfigError(f"{path}.label_fraction: must be in (0, 1], got {fraction}")
+
+
 META_OPTIMIZERS = ("es", "gradient")
 SELECTIONS = ("strategy", "learned")
 
@@ -482,6 +590,7 @@ def _check_meta(cfg: Config, task_params: dict) -> None:
         )
     if not isinstance(g.optimizer.get("name"), str):
         raise ConfigError("meta.gradient.optimizer.name: required (an optax optimizer, e.g. adam)")
+    check_optimizer("meta.gradient.optimizer", g.optimizer)
     _check_selection(cfg)
     truncated_es = cfg.strategy.name in TRUNCATED_STRATEGIES
     if m.optimizer == "es" and truncated_es and not m.truncation:
@@ -567,7 +676,7 @@ def set_override(data: dict, assignment: str) -> dict:
     if not sep or not key:
         raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. generations=50")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = safe_load(raw) if raw else ""
     except yaml.YAMLError:
         raise ConfigError(f"override {assignment!r}: value is not valid YAML") from None
     node = data
@@ -596,7 +705,7 @@ def load_data(path: str | Path, overrides: tuple[str, ...] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -127,3 +127,68 @@ def test_matmul_precision_is_set_by_build_and_left_out_of_the_digest():
         assert "matmul_precision: default" in config.experiment_dump(other)
     finally:
         jax.config.update("jax_default_matmul_precision", "float32")
+
+
+def test_yaml_1_2_numbers_in_files_and_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("network: {lr: 1e-3}\nstrategy: {std_init: 5E-1}\ngenerations: 3\n")
+    data = config.load_data(path, ("evaluation.instances=4", "network.w_init_norm=2e+0"))
+    assert data["network"] == {"lr": 0.001, "w_init_norm": 2.0}
+    assert data["strategy"]["std_init"] == 0.5
+    assert config.safe_load("a: 1e3\nb: '1e3'\nc: 7\nd: 1.5\ne: e3\n") == {
+        "a": 1000.0,
+        "b": "1e3",
+        "c": 7,
+        "d": 1.5,
+        "e": "e3",
+    }
+
+
+@pytest.mark.parametrize(
+    "path, spec, message",
+    [
+        ("meta.gradient.optimizer", {"name": "adamw", "learning_rate": "x"}, "expected a number"),
+        ("meta.gradient.optimizer", {"name": "adamw", "lr": 0.1}, "not an argument of optax.adamw"),
+        ("meta.gradient.optimizer", {"name": "adamx", "learning_rate": 0.1}, "did you mean"),
+        ("meta.gradient.optimizer", {"name": "sgd", "learning_rate": -1.0}, "must be > 0"),
+        ("meta.gradient.optimizer", {"name": "adam"}, "rejects these arguments"),
+        ("strategy.optimizer", {"name": "adam", "learning_rate": 0.1, "b1": [1]}, "a number"),
+        ("strategy.optimizer", {"name": "sgd", "learning_rate": 0.1, "nesterov": 1}, "true or"),
+    ],
+)
+def test_optimizer_sections_are_checked_before_use(path, spec, message):
+    data = small_config(meta={"optimizer": "gradient"})
+    node = data
+    for key in path.split(".")[:-1]:
+        node = node.setdefault(key, {})
+    node[path.split(".")[-1]] = spec
+    with pytest.raises(ConfigError, match=message) as err:
+        config.parse(data)
+    assert str(err.value).startswith(path)
+
+
+def test_test_variants_are_checked_like_the_task():
+    with pytest.raises(ConfigError, match=r"^test.variants.big.dim: must be > 0, got -7$"):
+        config.parse(small_config(test={"variants": {"big": {"dim": -7}}}))
+    with pytest.raises(ConfigError, match=r"^test.variants.w.scale_min: must be <= scale_max"):
+        config.parse(small_config(test={"variants": {"w": {"scale_min": 3.0, "scale_max": 2.0}}}))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "meta.gradient.optimizer={name: adamw, learning_rate: 1e-3, b2: high}",
+            "error: meta.gradient.optimizer.b2: expected a number, got 'high'",
+        ),
+        ("test.variants.dim_x5.dim=-7", "error: test.variants.dim_x5.dim: must be > 0, got -7"),
+    ],
+)
+def test_cli_nested_errors_are_one_line_exit_2_nothing_written(override, message, tmp_path):
+    from .conftest import run_cli
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config.yaml.safe_dump(small_config(meta={"optimizer": "gradient"})))
+    out = run_cli("run", cfg, override, "--out", tmp_path / "run", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == message
+    assert not (tmp_path / "run").exists()

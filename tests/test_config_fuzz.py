@@ -223,3 +223,78 @@ def test_cli_subprocess_malformed_file_is_one_line_exit_2(text, message, tmp_pat
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+NESTED_PATHS = [
+    ("meta", "gradient", "optimizer"),
+    ("strategy", "optimizer"),
+    ("test", "variants", "dim_x5"),
+    ("strategy", "params"),
+    ("strategy", "options"),
+    ("ray",),
+    ("evaluation",),
+]
+OPTAX_KEYS = ["name", "learning_rate", "b1", "b2", "eps", "weight_decay", "momentum", "nesterov"]
+NESTED_KEYS = OPTAX_KEYS + ["dim", "steps", "scale_min", "scale_max", "workers", "shard_size"]
+nested_values = st.one_of(
+    values,
+    st.sampled_from(["adam", "adamw", "sgd", "lion", "adamx", "1e-3", "3e-2", ".5", "1e400"]),
+    st.floats(-1e3, 1e3),
+)
+
+
+@st.composite
+def nested_configs(draw):
+    """A valid small config with one nested section (optimizers, test variants, strategy
+    params, ...) filled with keys that belong there and values of any type and range."""
+    data = copy.deepcopy(small_config())
+    data["meta"] = {"optimizer": draw(st.sampled_from(["es", "gradient"]))}
+    path = draw(st.sampled_from(NESTED_PATHS))
+    node = data
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    section = (
+        {"name": draw(st.sampled_from(["adam", "adamw", "sgd"]))} if "optimizer" in path else {}
+    )
+    for _ in range(draw(st.integers(1, 3))):
+        section[draw(st.sampled_from(NESTED_KEYS))] = draw(nested_values)
+    node[path[-1]] = section if draw(st.integers(0, 9)) else draw(values)
+    return data
+
+
+NESTED = settings(max_examples=200, deadline=None, derandomize=True, database=None)
+
+
+def _use_what_was_accepted(data) -> None:
+    """Use the nested sections of an accepted config as a run would, after its directory
+    exists: step its optimizers once, sample an instance of each test variant."""
+    import jax
+    import numpy as np
+
+    from evoplastic.meta import gradient, strategies
+
+    cfg = config.parse(data)
+    exp = build(cfg, check=True)
+    zeros = np.zeros(3, np.float32)
+    specs = [gradient.make_optimizer(cfg.meta.gradient.optimizer, cfg.meta.gradient.clip_norm)]
+    if cfg.strategy.optimizer is not None:
+        specs.append(strategies.make_optimizer(cfg.strategy.optimizer))
+    for tx in specs:
+        updates, _ = tx.update(zeros + 1, tx.init(zeros), zeros)
+        assert np.all(np.isfinite(np.asarray(updates)))
+    for overrides in cfg.test.variants.values():
+        family = exp.family_variant(**overrides)
+        jax.block_until_ready(family.sample(jax.random.key(0), "test"))
+
+
+@NESTED
+@given(nested_configs())
+def test_nested_sections_parse_and_build_or_fail_with_one_line(data):
+    """Whatever a nested section holds, parse + build either fail with one ConfigError line
+    or give a config whose nested sections then work (nothing fails after the run starts)."""
+    data = config.safe_load(yaml.safe_dump(data))
+    message = _cli_path(data)
+    if message:
+        _one_line(message)
+    else:
+        _use_what_was_accepted(data)
