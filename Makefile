@@ -3,33 +3,44 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the versions the committed figures and the tests were made with (pip constraints: they pin
+# what is installed, and install nothing by themselves)
+CONSTRAINTS := constraints.txt
+PIP := $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
 
+TEST_STAMP := $(VENV)/.test-installed
 DOCS_STAMP := $(VENV)/.docs-installed
 
-.PHONY: install run test test-slow lint bench docs clean
+.PHONY: install run test test-fast test-slow lint bench docs clean
 
+# the lean core: what `evoplastic run` needs on one machine (no Ray, no MLflow)
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(PIP) -e .
 	touch $(STAMP)
+
+# the test extras (pytest, ruff, hypothesis, Ray, MLflow) on top
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[test]'
+	touch $(TEST_STAMP)
 
 run: install
 	$(BIN)/evoplastic run experiments/oja.yaml
 
 # two pytest-xdist workers for everything but Ray; the Ray tests (which start and stop
 # Ray instances of their own) then run in one process, alone on the machine
-test: install
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not ray"
 	$(BIN)/python -m pytest -q -m "ray and not slow"
 
-test-slow: install
+test-slow: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "slow and not ray"
 	$(BIN)/python -m pytest -q -m "slow and ray"
 
-lint: install
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -41,7 +52,7 @@ docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 $(DOCS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	$(PIP) -e '.[docs]'
 	touch $(DOCS_STAMP)
 
 clean:

@@ -10,7 +10,7 @@ loggers from the config's ``logging`` section:
 * :class:`MLflowLogger` -- ``logging.mlflow: true``: the config as parameters and each
   record as metrics at ``step = generation``, in a local MLflow file store under the run
   directory (``<run_dir>/mlruns``; no server) or at ``logging.tracking_uri``. MLflow is an
-  optional extra: ``pip install 'evoplastic[mlflow]'``.
+  optional extra: ``pip install -e '.[mlflow]'`` in the project (or ``mlflow-skinny``).
 
 Example::
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 MLFLOW_RUN_FILE = "mlflow_run_id"
-INSTALL_HINT = "pip install 'evoplastic[mlflow]'"
+INSTALL_HINT = "the mlflow extra: pip install -e '.[mlflow]' in the project"
 
 
 class LoggerError(RuntimeError):
