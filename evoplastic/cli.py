@@ -779,6 +779,8 @@ def _jobs_call(fn, *args, **kwargs):
 
     for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no SDK chatter in the CLI output
+    # "'.venv' is now ignored by default": the project's excludes list it already
+    logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
     try:
         return fn(*args, **kwargs)
     except JobError as err:

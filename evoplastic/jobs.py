@@ -165,10 +165,13 @@ def submit(
     gpus_per_worker: float | None = None,
     name: str = "experiment",
     env: str = "pip",
+    agent_wait_s: float = 60.0,
 ) -> str:
     """Submit a run of ``config_path`` (inside ``project``); returns the job's id.
 
-    ``env`` is the job's environment: ``pip``, ``uv``, ``cluster`` or ``image:URI``.
+    ``env`` is the job's environment: ``pip``, ``uv``, ``cluster`` or ``image:URI``. A head
+    that has just started has no job agent yet; the submission is retried for
+    ``agent_wait_s`` seconds.
     """
     project, config_path = Path(project).resolve(), Path(config_path).resolve()
     try:
@@ -181,15 +184,21 @@ def submit(
     out = out or f"~/evoplastic-runs/{job_id}"
     spec, banner = runtime_env(project, env)
     jobs = client(address)
-    try:
-        return jobs.submit_job(
-            entrypoint=entrypoint(str(rel), overrides, out, workers, gpus_per_worker, banner),
-            submission_id=job_id,
-            runtime_env=spec,
-        )
-    except Exception as err:
-        problem = _auth_problem(str(err)) or f"cannot submit the job: {_first_line(err)}"
-        raise JobError(problem) from None
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return jobs.submit_job(
+                entrypoint=entrypoint(str(rel), overrides, out, workers, gpus_per_worker, banner),
+                submission_id=job_id,
+                runtime_env=spec,
+            )
+        except Exception as err:
+            # a head that has just started answers 500 until its job agent is up
+            if "No available agent" in str(err) and time.monotonic() < deadline:
+                time.sleep(2.0)
+                continue
+            problem = _auth_problem(str(err)) or f"cannot submit the job: {_first_line(err)}"
+            raise JobError(problem) from None
 
 
 def _first_line(err) -> str:

@@ -53,6 +53,8 @@ def ray_head(ray_home):
     start = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1"]
     start += ["--port", str(port), "--dashboard-host", "127.0.0.1"]
     start += ["--dashboard-port", str(dash), "--num-cpus", "2", "--disable-usage-stats"]
+    # the agent's default port (52365) may be another Ray's on this machine
+    start += ["--dashboard-agent-listen-port", str(_free_port())]
     head = subprocess.Popen(
         start, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
