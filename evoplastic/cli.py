@@ -381,6 +381,9 @@ def eval_(run_dir, overrides, instances, as_json, which):
     from .analysis import evaluate_final
 
     cfg = _run_dir_config(run_dir)
+    from .provenance import warn_if_changed
+
+    warn_if_changed(run_dir, lambda m: click.echo(f"warning: {m}", err=True))
     task_over = []
     for item in overrides:
         key = item.split("=", 1)[0]

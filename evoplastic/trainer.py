@@ -5,7 +5,7 @@ that writes files. A run directory holds::
 
     config.yaml        the resolved config
     metrics.jsonl      one line per generation
-    checkpoints/       ckpt-<generation>.pkl, the last few (atomic, checksummed)
+    checkpoints/       ckpt-<generation>.npz, the last few (atomic, checksummed, no pickles)
     best_rule.json     the final rule (search-distribution mean): coefficients and equation
     eval.json          held-out evaluation of the final rule (and reference rules)
     learning_curve.png, rule_vs_reference.png
@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, provenance
 from .backends import BackendError, make_genome_evaluator
 from .config import dump, experiment_dump
 from .experiment import Experiment
@@ -157,6 +157,7 @@ def prepare_run_dir(run_dir: Path, exp: Experiment) -> None:
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "checkpoints").mkdir()
     checkpoint.atomic_write(run_dir / "config.yaml", dump(exp.config).encode())
+    provenance.write(run_dir)
 
 
 def train(
@@ -197,6 +198,8 @@ def train(
     state = exp.init_state(run_key)
     start = 0
     digest = config_digest(cfg)
+    if resume:
+        provenance.warn_if_changed(run_dir, reporter.warn)
     if resume and checkpoint.list_checkpoints(ckpt_dir):
         payload = checkpoint.load_latest(ckpt_dir, warn=reporter.warn)
         if payload.get("config_digest") != digest:

@@ -99,8 +99,8 @@ def test_run_eval_plot_end_to_end(write_config, tmp_path):
     for png in ("learning_curve.png", "rule_vs_reference.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "ckpt-00000004.pkl",
-        "ckpt-00000006.pkl",
+        "ckpt-00000004.npz",
+        "ckpt-00000006.npz",
     ]
     proc = run_cli("eval", run_dir, "--instances", "12", "--json", "dim=6")
     assert proc.returncode == 0, proc.stderr

@@ -32,7 +32,7 @@ def _metrics(run_dir):
 
 
 def _latest_generation(run_dir):
-    ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.pkl"))
+    ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.npz"))
     return int(ckpts[-1].stem.split("-")[1]) if ckpts else -1
 
 
