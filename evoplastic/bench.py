@@ -165,7 +165,7 @@ class _Loop:
             self.state, m = self.step(self.state, self.run_key, self.g)
             jax.block_until_ready(m)
         else:
-            es, p = self.exp.strategy, self.exp.es_params
+            es, p = self.exp.outer.strategy, self.exp.outer.es_params
             k_ask, k_eval, k_tell = generation_keys(self.run_key, self.g)
             pop, st = es.ask(k_ask, self.state, p)
             self.state, _ = es.tell(k_tell, pop, self.fitness(pop, k_eval), st, p)
@@ -186,12 +186,12 @@ def _step_memory(exp: Experiment) -> int | None:
         step = exp.generation_step()
         key = jax.random.PRNGKey(0)
         state = exp.init_state(key)
-        population, asked = step.ask(state, key, 0)
-        raw = step.evaluate_all(population, key, 0)
+        work, asked = step.ask(state, key, 0)
+        results = step.evaluate_all(work)
         lowered = (
             step.ask.lower(state, key, 0),
-            step.evaluate.lower(population, key, 0, 0),
-            step.tell.lower(asked, population, raw, key, 0),
+            step.evaluate.lower(work, 0),
+            step.tell.lower(asked, work, results, key, 0),
         )
         peaks = []
         for low in lowered:
