@@ -289,7 +289,7 @@ def test_every_outer_loop_on_ray_equals_local_with_one_and_two_actors(
             dataclasses.replace(exp, config=cfg), tmp_path / f"ray{workers}", finish=None
         )
         assert _metric_columns(tmp_path / f"ray{workers}") == expected, workers
-        for a, b in zip(jax.tree.leaves(remote.genome), jax.tree.leaves(local.genome)):
+        for a, b in zip(jax.tree.leaves(remote.genome), jax.tree.leaves(local.genome), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any((tmp_path / "jax-cache").iterdir())  # the actors compiled (their own cache)
 
@@ -315,7 +315,7 @@ def test_a_killed_actor_mid_run_leaves_the_metrics_unchanged(ray_instance, tmp_p
         finish=None,
     )
     assert _metric_columns(tmp_path / "ray") == _metric_columns(tmp_path / "local")
-    for a, b in zip(jax.tree.leaves(remote.genome), jax.tree.leaves(local.genome)):
+    for a, b in zip(jax.tree.leaves(remote.genome), jax.tree.leaves(local.genome), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
