@@ -3,7 +3,7 @@
 A generation asks the strategy for a population, evaluates every member's mean loss over
 ``instances`` task instances, and tells the strategy the losses (minimized).
 
-Keys follow DESIGN.md: the generation key is ``fold_in(run_key, generation)``; member
+Keys (docs/architecture.md, "Keys"): the generation key is ``fold_in(run_key, generation)``; member
 ``i`` gets ``fold_in(eval_key, i)`` and its instance ``j`` ``fold_in(member_key, j)``.
 With ``common_instances`` (the default) every member meets the same instances in a
 generation -- common random numbers, which make ranks less noisy; the instance key is
