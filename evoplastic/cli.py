@@ -576,7 +576,7 @@ def report(run_dirs, out, plot):
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def compare(config_paths, out, seeds, budget, report_only, quiet):
     """Run each config's compare.methods x seeds at one wall-clock budget; report them."""
-    from .analysis import compare as cmp
+    from .studies import compare as cmp
 
     if report_only:
         if out is None or not (out / cmp.MANIFEST).is_file():
@@ -660,7 +660,7 @@ def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shar
     With --only, times just the named configs (at --population, --shard-size), e.g. on a GPU:
     ``evoplastic bench --only hebbian --population 4096 --shard-size 0``.
     """
-    from .bench import run_bench, run_only
+    from .studies.bench import run_bench, run_only
 
     if (population or shard_size is not None) and not only:
         _fail("bench: --population and --shard-size need --only NAME")
@@ -672,7 +672,7 @@ def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shar
     else:
         results = run_bench(quick=quick, echo=click.echo, memory=memory, scaling=not no_scaling)
     if with_ray:
-        from .bench_ray import run_ray_bench
+        from .studies.bench_ray import run_ray_bench
 
         results["ray"] = run_ray_bench(quick=quick, echo=click.echo)
     if json_path:
@@ -702,7 +702,8 @@ def _read_yaml(path) -> dict:
 def train_selection(config_path, overrides, out, quiet):
     """Train a learned selection policy (meta.selection: learned) and write its file."""
     from .config import ConfigError, set_override
-    from .meta import selection, selection_training
+    from .meta import selection
+    from .studies import selection_training
 
     data = _read_yaml(config_path)
     try:
@@ -736,7 +737,8 @@ def train_selection(config_path, overrides, out, quiet):
 def compare_selection(config_path, overrides, out, json_path):
     """Learned selection vs evosax strategies at equal budget on held-out problems."""
     from .config import ConfigError, set_override
-    from .meta import selection, selection_compare
+    from .meta import selection
+    from .studies import selection_compare
 
     data = _read_yaml(config_path)
     try:

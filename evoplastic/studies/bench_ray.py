@@ -22,8 +22,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from . import backends, meta
-from .backends.sharded import Pieces, config_pieces
+from .. import backends, meta
+from ..backends.sharded import Pieces, config_pieces
 
 HEAVY = {
     "name": "bench-heavy",
@@ -66,7 +66,7 @@ def _time_steps(step, init_state, reps: int) -> list[float]:
 
 
 def _compare(factory, reps: int, workers=(1, 2)) -> dict:
-    from .backends import ray_backend
+    from ..backends import ray_backend
 
     pieces = factory()
     out = {"local": _time_steps(pieces.step, pieces.init_state, reps)}
@@ -93,7 +93,7 @@ def gradient_case(reps: int, echo=print, config: dict | None = None) -> dict:
 
 def run_ray_bench(quick: bool = False, echo=print) -> dict:
     """Run the four measurements on a local Ray instance; returns and prints them."""
-    from .backends import ray_backend
+    from ..backends import ray_backend
 
     reps = 5 if quick else 15
     results = {}

@@ -155,9 +155,9 @@ def final_eval(exp, run_dir: Path, genome, generations: int) -> dict:
     instances, but without the reference rules and the SGD/Adam learning-rate sweeps
     (the same for every method and seed, and slower than a run here).
     """
+    from ..analysis.report import rule_summary, summarize
     from ..backends import evaluate_genome
     from ..trainer import write_json
-    from .report import rule_summary, summarize
 
     raw = evaluate_genome(exp.family, exp.rule, genome, exp.config.test.final_instances)
     results = {"trained": {"evolved": {k: summarize(v) for k, v in raw.items()}}}

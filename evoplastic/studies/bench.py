@@ -31,9 +31,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from . import config
-from .backends import generation_keys
-from .experiment import Experiment, build
+from .. import config
+from ..backends import generation_keys
+from ..experiment import Experiment, build
 
 _CARTPOLE = {"name": "control", "env": "CartPole-v1", "max_steps": 200}
 _LAYERED = {"activation": "tanh", "output_activation": "tanh", "lr": 1.0, "lr_decay": 0.0}
@@ -395,9 +395,9 @@ MEMORY_LENGTHS = (100, 1000, 10000)
 
 def meta_gradient_memory(steps: int, remat: str, dim: int = 8) -> dict:
     """XLA's memory analysis of the pca meta-gradient for an unroll of ``steps`` steps."""
-    from .meta.unroll import unroll_instance
-    from .rules import make as make_rule
-    from .tasks import make as make_task
+    from ..meta.unroll import unroll_instance
+    from ..rules import make as make_rule
+    from ..tasks import make as make_task
 
     family = make_task("pca", dim=dim, steps=steps)
     rule = make_rule("polynomial")
@@ -428,7 +428,7 @@ def meta_gradient_memory(steps: int, remat: str, dim: int = 8) -> dict:
 
 def bench_memory(lengths=MEMORY_LENGTHS, echo=print) -> list[dict]:
     """Meta-gradient memory at each unroll length, for every checkpointing policy."""
-    from .meta.unroll import REMAT, nested_shape
+    from ..meta.unroll import REMAT, nested_shape
 
     echo(
         "meta-gradient memory (XLA compiled memory analysis; temp = residuals + scratch,"

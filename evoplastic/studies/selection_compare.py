@@ -3,7 +3,7 @@
 Every strategy gets the same population size and number of generations on each held-out
 problem, from the same initial mean and step size, for several seeds. Problems are
 
-* cheap ones (:func:`~evoplastic.meta.selection_training.fixed_problem`): their rotation and
+* cheap ones (:func:`~evoplastic.studies.selection_training.fixed_problem`): their rotation and
   optimum are drawn from the *test* key stream, which training never uses, at dimensions
   training need not have seen; the final loss is ``f(mean)`` of the last generation;
 * plasticity tasks (an experiment config, e.g. ``experiments/oja.yaml``): the strategy is
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import backends
-from . import selection, strategies
+from ..meta import selection, strategies
 from . import selection_training as st
 
 LEARNED = "learned"
