@@ -7,8 +7,11 @@ family. The pieces are pure functions over pytrees:
 * :mod:`evoplastic.rules` -- ``init(key) -> genome``, ``update(genome, signals) -> dw``;
 * :mod:`evoplastic.networks` -- plastic model networks stepping online with ``lax.scan``;
 * :mod:`evoplastic.tasks` -- task families with disjoint meta-train / meta-test splits;
-* :mod:`evoplastic.meta` -- evosax strategies by name;
-* :mod:`evoplastic.backends` -- evaluation (``local``: one compiled generation).
+* :mod:`evoplastic.meta` -- outer loops behind one contract (``init``, ``ask``, ``evaluate``
+  a shard, ``tell``): evosax strategies, learned selection, the meta-gradient, PES;
+* :mod:`evoplastic.backends` -- execution: ask, evaluate the shards (in process, or on Ray
+  actors), tell, as three compiled functions;
+* :mod:`evoplastic.runner` -- the one run driver every entry point uses.
 
 Your own fitness function (or task family) goes to :func:`evolve` or :func:`meta_gradient`,
 which return a :class:`Result`; see docs/tutorials/custom_fitness.md. Example::
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import analysis, backends, checkpoint, config, meta, networks, rules, tasks
+from . import analysis, backends, checkpoint, config, meta, networks, rules, runner, tasks
 from .api import BoundRule, Result, evolve, meta_gradient
 from .backends import MemberError
 from .config import Config, ConfigError
@@ -42,7 +45,7 @@ __version__ = "0.1.0"
 
 
 def run(cfg: Config | dict, run_dir: str | Path) -> dict:
-    """Build, train and evaluate an experiment in a new ``run_dir``.
+    """Build, train and evaluate an experiment in a new ``run_dir``, on its config's backend.
 
     Args:
       cfg: a :class:`Config` or a config mapping (validated with :func:`config.parse`).
@@ -52,10 +55,7 @@ def run(cfg: Config | dict, run_dir: str | Path) -> dict:
       ``{"rule": ..., "eval": ...}``: the final rule summary and its held-out evaluation.
     """
     cfg = cfg if isinstance(cfg, Config) else config.parse(cfg)
-    exp = build(cfg)
-    prepare_run_dir(Path(run_dir), exp)
-    result = train(exp, Path(run_dir))
-    return finalize(exp, Path(run_dir), result.genome, result.records)
+    return runner.execute(build(cfg), Path(run_dir)).summary
 
 
 __all__ = [
@@ -83,6 +83,7 @@ __all__ = [
     "prepare_run_dir",
     "rules",
     "run",
+    "runner",
     "tasks",
     "train",
 ]

@@ -29,12 +29,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +40,12 @@ import jax.flatten_util
 import numpy as np
 
 from . import config as config_mod
-from .backends import open_step as open_config_step
+from . import runner
 from .config import Config
 from .experiment import Experiment, build
 from .rules.base import Rule, Signals
 from .tasks import custom
-from .trainer import Reporter, finalize, prepare_run_dir, read_metrics, train
+from .trainer import Reporter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,44 +178,6 @@ def _rule_with_init(rule: Rule | None, genome_template) -> Rule | None:
     return dataclasses.replace(rule, init=lambda key: template)
 
 
-def _python_pieces(cfg_data: dict, shared):
-    """A Ray worker's pieces for an experiment with a Python task object (``shared``)."""
-    from .backends.sharded import Pieces
-
-    family, rule = shared
-    exp = build(config_mod.parse(cfg_data), family=family, rule=rule, check=False)
-    return Pieces(step=exp.generation_step(), init_state=exp.init_state)
-
-
-@contextlib.contextmanager
-def _open_step(exp: Experiment, python_task: bool, warn) -> Iterator[Callable]:
-    """The generation step of ``exp`` on its config's backend."""
-    cfg = exp.config
-    if cfg.backend != "ray" or not python_task:
-        with open_config_step(exp, warn=warn) as step:
-            yield step
-        return
-    import yaml
-
-    from .backends import ray_backend
-
-    rc = cfg.ray
-    with ray_backend.connect(rc.address) as ray:
-        res = ray_backend.actor_resources(ray, rc.workers, rc.gpus_per_worker)
-        if cfg.evaluation.shard_size is None:
-            size = -(-cfg.strategy.population_size // (rc.shards_per_worker * res["workers"]))
-            evaluation = dataclasses.replace(cfg.evaluation, shard_size=size)
-            cfg = dataclasses.replace(cfg, evaluation=evaluation)
-        factory = functools.partial(_python_pieces, yaml.safe_load(config_mod.dump(cfg)))
-        options = {
-            "max_restarts": rc.max_restarts,
-            "startup_timeout_s": rc.startup_timeout_s,
-            "compilation_cache": rc.compilation_cache,
-        }
-        with ray_backend._running(ray, factory, (exp.family, exp.rule), res, options) as step:
-            yield step
-
-
 def _run(
     data: dict,
     obj,
@@ -230,35 +189,17 @@ def _run(
 ) -> Result:
     cfg = config_mod.parse(data)
     exp = build(cfg, family=obj, rule=rule, check=check)
-    reporter = _Callback(callback)
-    with contextlib.ExitStack() as stack:
-        if run_dir is None:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "run"
-        else:
-            directory = Path(run_dir)
-        if resume and (directory / "config.yaml").is_file():
-            pass  # the trainer checks that the config is the one the checkpoints were made with
-        elif directory.exists():
-            raise FileExistsError(
-                f"run_dir {str(directory)!r} already exists (pass resume=True to continue it)"
-            )
-        else:
-            prepare_run_dir(directory, exp)
-        with _open_step(exp, obj is not None, reporter.warn) as step:
-            result = train(exp, directory, reporter=reporter, resume=resume, step=step)
-        summary = None
-        if run_dir is not None:
-            summary = finalize(exp, directory, result.genome, read_metrics(directory))
+    outcome = runner.execute(exp, run_dir, resume=resume, reporter=_Callback(callback))
     uses_rules = getattr(exp.family, "uses_rules", True)
-    genome = result.genome
+    genome = outcome.genome
     return Result(
         genome=genome,
         rule=BoundRule(exp.rule, genome) if uses_rules else genome,
-        history=list(result.records),
-        run_dir=None if run_dir is None else Path(run_dir),
-        generations=result.generations,
+        history=outcome.records,
+        run_dir=outcome.run_dir,
+        generations=outcome.generations,
         experiment=exp,
-        summary=summary,
+        summary=outcome.summary,
     )
 
 
@@ -390,6 +331,11 @@ def meta_gradient(
     init_std: float = 0.0,
     optimizer_options: dict | None = None,
     remat: str = "none",
+    shard_size: int | None = None,
+    backend: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    ray_options: dict | None = None,
     task_params: dict | None = None,
     checkpoint_every: int = 10,
     test_every: int = 0,
@@ -400,7 +346,7 @@ def meta_gradient(
     callback: Callable[[dict], None] | None = None,
     check: bool = True,
 ) -> Result:
-    """Minimize ``fitness`` by gradient descent on the genome (optax), in process.
+    """Minimize ``fitness`` by gradient descent on the genome (optax).
 
     Each step averages ``fitness(genome, key_j)`` over ``instances`` keys, takes
     ``jax.grad`` of it, clips it to the global norm ``clip_norm`` (0: off) and applies one
@@ -416,6 +362,10 @@ def meta_gradient(
       learning_rate: its learning rate; ``optimizer_options`` adds other arguments.
       steps: gradient steps (the run's generations).
       init_std: Gaussian noise added to the template for the first genome (0: none).
+      shard_size: instances per shard; the shards' loss and gradient sums are added in
+        order, so a run gives the same bits on every backend with the same shard size.
+      backend, workers, ray_address, ray_options: as for :func:`evolve`; with ``"ray"``
+        the shards of instances are spread over the actors (data-parallel).
       instances, seed, run_dir, checkpoint_every, test_*, resume, name, callback, check:
         as for :func:`evolve`.
 
@@ -437,8 +387,9 @@ def meta_gradient(
         "name": name,
         "seed": seed,
         "generations": steps,
+        "backend": backend,
         "task": section,
-        "evaluation": {"instances": instances},
+        "evaluation": {"instances": instances, "shard_size": shard_size},
         "meta": {
             "optimizer": "gradient",
             "gradient": {
@@ -454,6 +405,7 @@ def meta_gradient(
             "final_instances": final_instances,
         },
         "checkpoint": {"every": checkpoint_every},
+        "ray": {"address": ray_address, "workers": workers, **(ray_options or {})},
     }
     return _run(data, obj, _rule_with_init(rule, genome_template), run_dir, resume, callback, check)
 

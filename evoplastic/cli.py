@@ -237,19 +237,23 @@ def _backend_options(f):
     )(f)
 
 
-def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
-    from .backends import BackendError, open_step
-    from .trainer import Interrupted, ResumeError, SearchDiverged, finalize, read_metrics, train
+def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool, announce: bool = False):
+    """Run ``exp`` through the run driver; every failure is one line (exit 2 or 130)."""
+    from .backends import BackendError
+    from .runner import execute
+    from .trainer import Interrupted, ResumeError, SearchDiverged
 
     _sigterm_as_interrupt()
     enable_compilation_cache()
     reporter = _reporter(quiet)
     try:
-        with open_step(exp, warn=reporter.warn) as step:
-            result = train(exp, run_dir, reporter=reporter, resume=resume, step=step)
+        ready = (lambda d: click.echo(f"run directory: {d}")) if announce and not quiet else None
+        outcome = execute(exp, run_dir, resume=resume, reporter=reporter, on_ready=ready)
     except ResumeError as err:
         _fail(str(err))
     except BackendError as err:
+        if not (run_dir / "config.yaml").is_file():  # the backend did not start: nothing written
+            _fail(str(err))
         _fail(f"{err}; the last checkpoint is intact. Resume with: evoplastic resume {run_dir}")
     except SearchDiverged as err:
         _fail(f"{err} (checkpoint kept in {run_dir})")
@@ -260,23 +264,28 @@ def _train_and_finish(exp, run_dir: Path, resume: bool, quiet: bool):
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
-    if result.budget_stop and not quiet:
-        click.echo(
-            f"time budget of {exp.config.time_budget_s:g} s reached after generation"
-            f" {result.generations}"
-        )
-    try:
-        summary = finalize(exp, run_dir, result.genome, read_metrics(run_dir))
     except KeyboardInterrupt:
+        if not (run_dir / "config.yaml").is_file():
+            click.echo("\ninterrupted before the run started; nothing written", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         click.echo(
             f"\ninterrupted during the final evaluation; training is complete and saved."
             f" Finish with: evoplastic resume {run_dir}",
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as err:
+        if (run_dir / "config.yaml").is_file():
+            raise
+        _fail(f"cannot create run directory {str(run_dir)!r}: {err.strerror or err}")
+    if outcome.budget_stop and not quiet:
+        click.echo(
+            f"time budget of {exp.config.time_budget_s:g} s reached after generation"
+            f" {outcome.generations}"
+        )
     if not quiet:
-        _print_summary(summary, run_dir)
-    return summary
+        _print_summary(outcome.summary, run_dir)
+    return outcome.summary
 
 
 def _default_run_dir(name: str) -> Path:
@@ -310,15 +319,7 @@ def run(config_path, overrides, out, seed, quiet, backend, address):
     run_dir = out or _default_run_dir(cfg.name)
     if run_dir.exists():
         _fail(f"run directory {str(run_dir)!r} already exists (choose another --out)")
-    from .trainer import prepare_run_dir
-
-    try:
-        prepare_run_dir(run_dir, exp)
-    except OSError as err:
-        _fail(f"cannot create run directory {str(run_dir)!r}: {err.strerror}")
-    if not quiet:
-        click.echo(f"run directory: {run_dir}")
-    _train_and_finish(exp, run_dir, resume=False, quiet=quiet)
+    _train_and_finish(exp, run_dir, resume=False, quiet=quiet, announce=True)
 
 
 def _run_dir_config(run_dir: Path):
@@ -575,7 +576,7 @@ def report(run_dirs, out, plot):
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def compare(config_paths, out, seeds, budget, report_only, quiet):
     """Run each config's compare.methods x seeds at one wall-clock budget; report them."""
-    from .analysis import compare as cmp
+    from .studies import compare as cmp
 
     if report_only:
         if out is None or not (out / cmp.MANIFEST).is_file():
@@ -659,7 +660,7 @@ def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shar
     With --only, times just the named configs (at --population, --shard-size), e.g. on a GPU:
     ``evoplastic bench --only hebbian --population 4096 --shard-size 0``.
     """
-    from .bench import run_bench, run_only
+    from .studies.bench import run_bench, run_only
 
     if (population or shard_size is not None) and not only:
         _fail("bench: --population and --shard-size need --only NAME")
@@ -671,7 +672,7 @@ def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shar
     else:
         results = run_bench(quick=quick, echo=click.echo, memory=memory, scaling=not no_scaling)
     if with_ray:
-        from .bench_ray import run_ray_bench
+        from .studies.bench_ray import run_ray_bench
 
         results["ray"] = run_ray_bench(quick=quick, echo=click.echo)
     if json_path:
@@ -703,7 +704,8 @@ def _read_yaml(path) -> dict:
 def train_selection(config_path, overrides, out, quiet):
     """Train a learned selection policy (meta.selection: learned) and write its file."""
     from .config import ConfigError, set_override
-    from .meta import selection, selection_training
+    from .meta import selection
+    from .studies import selection_training
 
     data = _read_yaml(config_path)
     try:
@@ -737,7 +739,8 @@ def train_selection(config_path, overrides, out, quiet):
 def compare_selection(config_path, overrides, out, json_path):
     """Learned selection vs evosax strategies at equal budget on held-out problems."""
     from .config import ConfigError, set_override
-    from .meta import selection, selection_compare
+    from .meta import selection
+    from .studies import selection_compare
 
     data = _read_yaml(config_path)
     try:

@@ -14,8 +14,12 @@ from typing import Any
 import jax
 import jax.flatten_util
 
-from . import backends, meta, rules, tasks
+from . import meta, rules, tasks
+from .backends.local import GenerationStep
 from .config import Config, ConfigError
+from .meta import selection
+from .meta.base import OuterLoop
+from .meta.es import EvolutionStrategy, task_fitness
 from .meta.gradient import GradientMeta
 from .meta.gradient import make_optimizer as make_gradient_optimizer
 from .meta.truncated import TruncatedES
@@ -28,15 +32,25 @@ class InvalidFitness(ConfigError, custom.FitnessError):
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """The built pieces of a run (all pure functions and static descriptions)."""
+    """The built pieces of a run (all pure functions and static descriptions).
+
+    Attributes:
+      config: the validated config.
+      family: the task family (or a user's fitness task).
+      rule: the plasticity rule whose genome is meta-learned.
+      outer: the outer loop (:class:`~evoplastic.meta.base.OuterLoop`): an evolution
+        strategy, learned selection, the meta-gradient or a truncated estimator.
+      genome_template: a genome of the rule (structure and shapes).
+      portable: whether the config alone rebuilds this experiment (else it was built with
+        Python objects, and a distributed backend ships its outer loop instead).
+    """
 
     config: Config
     family: Any
     rule: rules.Rule
-    strategy: Any
-    es_params: Any
+    outer: OuterLoop
     genome_template: Any
-    outer: Any = None  # GradientMeta or TruncatedES; None: the plain ES of ``strategy``
+    portable: bool = True
 
     def family_variant(self, **overrides):
         """The same task family with some task parameters changed (e.g. ``dim=40``)."""
@@ -46,38 +60,19 @@ class Experiment:
 
     def fitness(self):
         """``fitness(genome, key)``: the mean meta-train loss a generation evaluates."""
-        instances = self.config.evaluation.instances
-        own = getattr(self.family, "train_fitness", None)  # user tasks (tasks.custom)
-        if own is not None:
-            return own(self.rule, instances)
-        return backends.task_fitness(self.family, self.rule, instances)
+        return _fitness(self.family, self.rule, self.config.evaluation.instances)
 
-    def generation_step(self):
+    def generation_step(self) -> GenerationStep:
         """``step(state, run_key, generation) -> (state, metrics)``: one generation, compiled."""
-        if self.outer is not None:
-            return self.outer.generation_step()
-        return backends.make_generation_step(
-            self.strategy,
-            self.es_params,
-            self.fitness(),
-            common_instances=self.config.evaluation.common_instances,
-            shard_size=self.config.evaluation.shard_size,
-            checks=getattr(self.family, "checks", False),
-        )
+        return GenerationStep(self.outer)
 
     def init_state(self, run_key: jax.Array):
-        """The meta-state before generation 0 (for an ES, a strategy state with mean ``init``)."""
-        if self.outer is not None:
-            return self.outer.init_state(run_key)
-        k_rule, k_es = jax.random.split(jax.random.fold_in(run_key, 2**31 - 1))
-        mean = self.rule.init(k_rule)
-        return backends.strong_types(self.strategy.init(k_es, mean, self.es_params))
+        """The meta-state before generation 0."""
+        return self.outer.init(run_key)
 
     def mean_genome(self, state):
         """The genome a run reports: the search mean (ES) or the current genome (gradient)."""
-        if self.outer is not None:
-            return self.outer.mean_genome(state)
-        return self.strategy.get_mean(state)
+        return self.outer.mean_genome(state)
 
     def flat_genome(self, genome) -> list[float]:
         """The genome as one flat list of numbers (what ``best_rule.json`` stores)."""
@@ -91,9 +86,25 @@ class Experiment:
 
     def evals_per_generation(self) -> int:
         """Inner loops (or truncations of them) run per generation, for ``evals_per_s``."""
-        if self.outer is not None:
-            return self.outer.evals_per_generation()
-        return self.config.strategy.population_size * self.config.evaluation.instances
+        return self.outer.evals_per_generation()
+
+    def with_shard_size(self, shard_size: int | None) -> Experiment:
+        """The same experiment with ``evaluation.shard_size`` (and its outer loop's) set."""
+        evaluation = dataclasses.replace(self.config.evaluation, shard_size=shard_size)
+        config = dataclasses.replace(self.config, evaluation=evaluation)
+        outer = dataclasses.replace(self.outer, shard_size=shard_size)
+        return dataclasses.replace(self, config=config, outer=outer)
+
+    def with_outer(self, outer: OuterLoop) -> Experiment:
+        """The same experiment with another outer loop (no longer rebuilt from its config)."""
+        return dataclasses.replace(self, outer=outer, portable=False)
+
+
+def _fitness(family, rule, instances: int):
+    own = getattr(family, "train_fitness", None)  # user tasks (tasks.custom)
+    if own is not None:
+        return own(rule, instances)
+    return task_fitness(family, rule, instances)
 
 
 NEEDS_LAYERS = ("abcd", "static")  # rules whose genome follows the network's layers
@@ -109,6 +120,7 @@ def build(cfg: Config, family=None, rule: rules.Rule | None = None, check: bool 
     Also sets JAX's matrix-product precision for the process (``evaluation.matmul_precision``),
     so a GPU computes what a CPU does unless the config asks for TF32 or bfloat16.
     """
+    given = family is not None or rule is not None
     precision = cfg.evaluation.matmul_precision
     jax.config.update("jax_default_matmul_precision", None if precision == "default" else precision)
     task_params = {k: v for k, v in cfg.task.items() if k != "name"}
@@ -128,15 +140,20 @@ def build(cfg: Config, family=None, rule: rules.Rule | None = None, check: bool 
         rule = family.rule
     if rule is None:
         rule = _config_rule(cfg, family)
-    exp = _build_outer(cfg, family, rule)
+    exp = Experiment(
+        cfg,
+        family,
+        rule,
+        _build_outer(cfg, family, rule),
+        rule.init(jax.random.PRNGKey(0)),
+        portable=not given,
+    )
     if check and getattr(family, "checks", False):
         try:
             if isinstance(family, custom.FitnessTask):
                 custom.check_fitness(family.fitness, family.genome_template, family.name)
             else:
-                custom.check_fitness(
-                    backends.task_fitness(family, rule, 1), exp.genome_template, "task"
-                )
+                custom.check_fitness(task_fitness(family, rule, 1), exp.genome_template, "task")
         except custom.FitnessError as err:
             raise InvalidFitness(f"task: {err}") from None
     return exp
@@ -170,7 +187,8 @@ def _config_rule(cfg: Config, family) -> rules.Rule:
     return rule
 
 
-def _build_outer(cfg: Config, family, rule: rules.Rule) -> Experiment:
+def _build_outer(cfg: Config, family, rule: rules.Rule) -> OuterLoop:
+    """The outer loop the config's ``meta`` and ``strategy`` sections describe."""
     template = rule.init(jax.random.PRNGKey(0))
     if rule.num_params() == 0:
         raise ConfigError(
@@ -186,47 +204,52 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> Experiment:
                 " unrolls need"
             )
     if cfg.meta.optimizer == "gradient":
-        return Experiment(
-            cfg, family, rule, None, None, template, _gradient_outer(cfg, family, rule)
-        )
+        return _gradient_outer(cfg, family, rule)
     if cfg.meta.selection == "learned":
-        return Experiment(cfg, family, rule, *_learned_selection(cfg, template), template)
-    try:
-        strategy, es_params = meta.make(
-            cfg.strategy.name,
-            cfg.strategy.population_size,
-            template,
-            std_init=cfg.strategy.std_init,
-            params=cfg.strategy.params,
-            optimizer=cfg.strategy.optimizer,
-            options=cfg.strategy.options,
-        )
-    except meta.StrategyError as err:
-        raise ConfigError(str(err)) from None
+        strategy, es_params = _learned_selection(cfg, template)
+    else:
+        try:
+            strategy, es_params = meta.make(
+                cfg.strategy.name,
+                cfg.strategy.population_size,
+                template,
+                std_init=cfg.strategy.std_init,
+                params=cfg.strategy.params,
+                optimizer=cfg.strategy.optimizer,
+                options=cfg.strategy.options,
+            )
+        except meta.StrategyError as err:
+            raise ConfigError(str(err)) from None
+    ev = cfg.evaluation
     if not cfg.meta.truncation:
-        return Experiment(cfg, family, rule, strategy, es_params, template)
+        return EvolutionStrategy(
+            strategy,
+            es_params,
+            _fitness(family, rule, ev.instances),
+            init_genome=rule.init,
+            common_instances=ev.common_instances,
+            shard_size=ev.shard_size,
+            checks=getattr(family, "checks", False),
+        )
     for key in ("T", "K"):
         if key in cfg.strategy.params:
             raise ConfigError(
                 f"strategy.params.{key}: set from task.steps and meta.truncation; remove it"
             )
-    es_params = es_params.replace(T=family.steps, K=cfg.meta.truncation)
-    outer = TruncatedES(
+    return TruncatedES(
         family,
         rule,
         strategy,
-        es_params,
-        instances=cfg.evaluation.instances,
+        es_params.replace(T=family.steps, K=cfg.meta.truncation),
+        instances=ev.instances,
         truncation=cfg.meta.truncation,
-        common_instances=cfg.evaluation.common_instances,
+        common_instances=ev.common_instances,
+        shard_size=ev.shard_size,
     )
-    return Experiment(cfg, family, rule, strategy, es_params, template, outer)
 
 
 def _learned_selection(cfg: Config, template):
     """``(strategy, es_params)`` of ``meta.selection: learned`` (strategy.name is not used)."""
-    from .meta import selection
-
     try:
         policy = selection.load_policy(cfg.meta.selection_policy)
     except selection.PolicyFileError as err:
@@ -255,4 +278,5 @@ def _gradient_outer(cfg: Config, family, rule) -> GradientMeta:
         init_std=cfg.strategy.std_init if g.init_std is None else g.init_std,
         truncation=cfg.meta.truncation,
         remat=g.remat,
+        shard_size=cfg.evaluation.shard_size,
     )

@@ -195,8 +195,8 @@ def _population(run_dir: Path, fitness, template, generation: int):
     state = exp.init_state(jax.random.PRNGKey(cfg.seed))
     leaves = [jnp.asarray(x) for x in payload["state"]]
     state = jax.tree.unflatten(jax.tree.structure(state), leaves)
-    population, _ = exp.generation_step().ask(state, jax.random.PRNGKey(cfg.seed), generation)
-    return np.asarray(population)
+    work, _ = exp.generation_step().ask(state, jax.random.PRNGKey(cfg.seed), generation)
+    return np.asarray(work["population"])
 
 
 @pytest.mark.parametrize("make", [ct.make_checked, ct.make_callback])

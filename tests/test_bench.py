@@ -1,7 +1,8 @@
 import jax
 import numpy as np
 
-from evoplastic import backends, bench, build, config
+from evoplastic import backends, build, config
+from evoplastic.studies import bench
 
 
 def test_minimal_loops_solve_the_same_problem():

@@ -11,9 +11,9 @@ import yaml
 
 import evoplastic as ep
 from evoplastic import checkpoint, trainer
-from evoplastic.analysis import compare
 from evoplastic.cli import main
 from evoplastic.config import ConfigError, experiment_dump, parse
+from evoplastic.studies import compare
 
 from .conftest import small_config
 

@@ -28,7 +28,7 @@ def _gradient_exp(**sections):
 def test_config_defaults_keep_the_es_path():
     cfg = ep.config.parse(small_config())
     assert cfg.meta.optimizer == "es" and cfg.meta.truncation == 0
-    assert ep.build(cfg).outer is None
+    assert isinstance(ep.build(cfg).outer, ep.meta.EvolutionStrategy)
 
 
 @pytest.mark.parametrize(
@@ -81,8 +81,9 @@ def test_gradient_step_descends():
 
 def _gen0(exp):
     _, k_eval, _ = ep.backends.generation_keys(jax.random.PRNGKey(0), 0)
-    tasks = exp.outer._tasks(k_eval)
-    return tasks, exp.outer._fresh_inner(tasks)
+    episodes = exp.outer.episodes
+    tasks = episodes.tasks(k_eval, jnp.arange(exp.outer.instances))
+    return tasks, jax.vmap(exp.family.init_inner)(tasks)
 
 
 def test_nonfinite_meta_gradient_is_skipped_and_counted():

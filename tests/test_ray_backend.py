@@ -1,10 +1,12 @@
 """The Ray backend against a real local Ray instance (2 CPUs), shared by this module."""
 
+import dataclasses
 import functools
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -125,7 +127,7 @@ def test_losing_every_worker_stops_with_a_checkpoint_and_resumes_locally(ray_ins
 
         with pytest.raises(backends.WorkersLost, match="all 2 Ray workers are gone"):
             _train(exp, run_dir, step=step, on_generation=kill_all)
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-00000002.pkl"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-00000002.npz"]
     _train(exp, run_dir, resume=True)  # on the local backend
     _train(exp, tmp_path / "reference")
     assert _columns(run_dir) == _columns(tmp_path / "reference")
@@ -184,8 +186,9 @@ def test_cli_asking_for_gpus_on_a_cpu_cluster_is_one_line(write_config, tmp_path
     proc = run_cli("run", write_config(cfg), "--out", tmp_path / "r", timeout=180)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and "GPU(s) per worker were asked for" in lines[-1]
-    assert "Traceback" not in proc.stderr
+    assert lines == [lines[-1]] and lines[-1].startswith("error: ")
+    assert "GPU(s) per worker were asked for" in lines[-1] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()  # the backend is built before the run directory
 
 
 class _FailingFactory:
@@ -219,3 +222,144 @@ def test_a_worker_that_fails_to_start_is_started_again_once(ray_instance, tmp_pa
         with ray_backend.open_step(factory, workers=1):
             pass
     assert open(tmp_path / "always").read() == "3"
+
+
+# --------------------------------------------------------------- every outer loop on Ray
+
+POLICY = Path(__file__).resolve().parents[1] / "experiments" / "selection" / "policy.npz"
+OUTER_LOOPS = {
+    "es": {"strategy": {"name": "cma_es"}, "evaluation": {"shard_size": 3}},
+    "learned_selection": {
+        "meta": {"selection": "learned", "selection_policy": str(POLICY)},
+        "evaluation": {"shard_size": 3},
+    },
+    "gradient": {
+        "meta": {"optimizer": "gradient", "gradient": {"remat": "none"}},
+        "evaluation": {"instances": 5, "shard_size": 2},  # 2 + 2 + 1 (padded)
+    },
+    "pes": {
+        "strategy": {"name": "pes"},
+        "meta": {"truncation": 16},
+        "evaluation": {"shard_size": 3},
+    },
+}
+ALL_COLUMNS = ("best_loss", "mean_loss", "median_loss", "nonfinite", "grad_norm", "skipped")
+
+
+def _outer_config(tmp_path, outer, **extra):
+    sections = {
+        "generations": 3,
+        "task": {"name": "pca", "dim": 4, "steps": 32},
+        "test": {"every": 3, "instances": 2, "final_instances": 4},
+        "checkpoint": {"every": 1, "keep": 2},
+    }
+    for key, value in (OUTER_LOOPS[outer] | extra).items():
+        sections[key] = sections.get(key, {}) | value if isinstance(value, dict) else value
+    return _ray_config(tmp_path, **sections)
+
+
+def _metric_columns(run_dir):
+    """Every metrics.jsonl column but the timings."""
+    from evoplastic.trainer import TIMING_FIELDS
+
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_metrics(run_dir)]
+
+
+@pytest.mark.parametrize("outer", sorted(OUTER_LOOPS))
+def test_every_outer_loop_on_ray_equals_local_with_one_and_two_actors(
+    ray_instance, tmp_path, outer
+):
+    """Same config, seed and shard size: bit-identical metrics.jsonl (timings aside) and
+    final genome, local and on Ray with 1 and 2 actors, through the one run driver."""
+    from evoplastic import runner
+
+    exp = build(_outer_config(tmp_path, outer))
+    assert exp.outer.shards == 3
+    local = runner.execute(
+        dataclasses.replace(exp, config=dataclasses.replace(exp.config, backend="local")),
+        tmp_path / "local",
+        finish=None,
+    )
+    expected = _metric_columns(tmp_path / "local")
+    assert len(expected) == 3 and all(np.isfinite(r["mean_loss"]) for r in expected)
+    for workers in (1, 2):
+        cfg = exp.config
+        cfg = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, workers=workers))
+        remote = runner.execute(
+            dataclasses.replace(exp, config=cfg), tmp_path / f"ray{workers}", finish=None
+        )
+        assert _metric_columns(tmp_path / f"ray{workers}") == expected, workers
+        for a, b in zip(jax.tree.leaves(remote.genome), jax.tree.leaves(local.genome), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any((tmp_path / "jax-cache").iterdir())  # the actors compiled (their own cache)
+
+
+@pytest.mark.parametrize("outer", ["gradient", "pes"])
+def test_a_killed_actor_mid_run_leaves_the_metrics_unchanged(ray_instance, tmp_path, outer):
+    """One of two actors is killed after generation 1; its shards run again elsewhere (and
+    on it once restarted), and the run ends with the local run's metrics and genome."""
+    from evoplastic import runner
+
+    exp = build(_outer_config(tmp_path, outer, generations=4, ray={"max_restarts": 1}))
+    with backends.open_step(exp) as step:
+
+        def kill_one(done):
+            if done == 1:
+                os.kill(step.info[0]["pid"], signal.SIGKILL)
+
+        remote = _train(exp, tmp_path / "ray", step=step, on_generation=kill_one)
+        assert step.restarts >= 1
+    local = runner.execute(
+        dataclasses.replace(exp, config=dataclasses.replace(exp.config, backend="local")),
+        tmp_path / "local",
+        finish=None,
+    )
+    assert _metric_columns(tmp_path / "ray") == _metric_columns(tmp_path / "local")
+    for a, b in zip(jax.tree.leaves(remote.genome), jax.tree.leaves(local.genome), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_ep_run_with_backend_ray_runs_on_ray_actors(ray_instance, tmp_path):
+    """ep.run honours backend: ray (the actors compile into their cache) with the local
+    run's numbers."""
+    import evoplastic as ep
+
+    cfg = _outer_config(tmp_path, "gradient")
+    ep.run(cfg, tmp_path / "ray")
+    assert any((tmp_path / "jax-cache").iterdir())
+    ep.run(dataclasses.replace(cfg, backend="local"), tmp_path / "local")
+    assert _metric_columns(tmp_path / "ray") == _metric_columns(tmp_path / "local")
+
+
+def test_cli_gradient_and_pes_on_ray_finish_like_local(write_config, tmp_path):
+    """`evoplastic run --backend ray` with the meta-gradient and with PES exits 0 and writes
+    the metrics of the local run (a fresh Ray instance per CLI process)."""
+    for outer in ("gradient", "pes"):
+        data = _outer_config(tmp_path, outer).to_dict()
+        data["ray"]["workers"] = 2
+        path = write_config(data, f"{outer}.yaml")
+        for backend in ("local", "ray"):
+            out = tmp_path / f"{outer}-{backend}"
+            proc = run_cli("run", path, "--backend", backend, "--out", out, "--quiet")
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        assert _metric_columns(tmp_path / f"{outer}-ray") == _metric_columns(
+            tmp_path / f"{outer}-local"
+        )
+
+
+def test_cli_without_ray_is_one_line_and_writes_nothing(write_config, tmp_path):
+    """backend: ray where Ray cannot be imported: one line, exit 2, no run directory."""
+    import subprocess
+    import sys
+
+    path = write_config(small_config(backend="ray"))
+    code = (
+        "import sys; sys.modules['ray'] = None; from evoplastic.cli import main;"
+        f" main(['run', {str(path)!r}, '--out', {str(tmp_path / 'r')!r}])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: backend: ray needs Ray, which is not installed (pip install 'ray[default]')"
+    ]
+    assert not (tmp_path / "r").exists()

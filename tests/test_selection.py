@@ -140,7 +140,7 @@ def test_learned_selection_runs_through_the_trainer(tmp_path):
     """meta.selection: learned with the committed policy improves a tiny pca task."""
     cfg = config.parse(learned_config(COMMITTED_POLICY, generations=8, test={"every": 0}))
     exp = build(cfg)
-    assert isinstance(exp.strategy, selection.LearnedSelectionES)
+    assert isinstance(exp.outer.strategy, selection.LearnedSelectionES)
     prepare_run_dir(tmp_path / "run", exp)
     step = exp.generation_step()
     result = train(exp, tmp_path / "run", step=step)

@@ -27,7 +27,7 @@ def test_every_strategy_runs_three_generations(name):
     assert int(state.generation_counter) == 3
     assert step._cache_size() == 1  # compiled once: no recompilation after generation 0
     # the search moved: the population is not frozen at the initial mean
-    pop, _ = exp.strategy.ask(jax.random.PRNGKey(1), state, exp.es_params)
+    pop, _ = exp.outer.strategy.ask(jax.random.PRNGKey(1), state, exp.outer.es_params)
     assert float(jnp.std(pop)) > 0
 
 

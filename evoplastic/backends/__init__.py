@@ -1,7 +1,10 @@
-"""Evaluation backends. ``local`` (in process) is the default; ``ray`` spreads shards.
+"""Execution backends. ``local`` (in process) is the default; ``ray`` spreads shards.
 
-Both run the same compiled pieces (:class:`GenerationStep`), so for the same config and
-seed they produce the same numbers. :func:`open_step` gives the step of either.
+A backend runs an outer loop (:class:`~evoplastic.meta.base.OuterLoop`) and knows nothing
+else about it: ask, evaluate every shard of the work (here, or on Ray actors), combine the
+shards in a fixed order, tell. Both backends run the same compiled pieces
+(:class:`GenerationStep`), so for the same config, seed and ``evaluation.shard_size`` they
+produce the same numbers. :func:`open_step` gives the step of either.
 """
 
 import contextlib
@@ -17,6 +20,7 @@ from .local import (
     member_keys,
     sanitize,
     shard_layout,
+    stack_results,
     strong_types,
     task_fitness,
 )
@@ -30,12 +34,13 @@ def open_step(exp, warn=None):
 
     ``local`` yields ``exp.generation_step()``. ``ray`` connects to ``config.ray.address``
     (or starts a local Ray instance), starts the actors, yields their step, and stops
-    them (and the instance it started) on exit. Ray is imported only in that case.
+    them (and the instance it started) on exit; every outer loop runs there. The Ray
+    backend's module (and Ray) is imported only in that case.
     """
     if exp.config.backend == "ray":
-        from .ray_backend import open_config_step
+        from .ray_backend import open_experiment_step
 
-        with open_config_step(exp.config, warn=warn) as step:
+        with open_experiment_step(exp, warn=warn) as step:
             yield step
     else:
         yield exp.generation_step()
@@ -57,5 +62,6 @@ __all__ = [
     "sanitize",
     "strong_types",
     "shard_layout",
+    "stack_results",
     "task_fitness",
 ]

@@ -1,15 +1,21 @@
 """The Ray backend: the same generation, its shards evaluated by Ray actors.
 
+Any outer loop runs here (:class:`~evoplastic.meta.base.OuterLoop`): an evolution
+strategy's shards are groups of members, the meta-gradient's are groups of task instances
+(data-parallel: each actor returns its shard's loss and gradient sums, the driver adds
+them in shard order and takes the optimizer step), and a truncated estimator's shards
+carry their members' network states in the work, so a lost shard is simply run again.
+
 One actor per GPU (``num_gpus`` per actor) on a cluster with GPUs, one per CPU otherwise.
 Each actor builds the run's :class:`~evoplastic.backends.local.GenerationStep` once and
 compiles it in its constructor, with JAX's persistent compilation cache, so that an actor
 restarted after a crash loads its executables instead of compiling them.
 
-Per generation the driver ``ray.put`` s the strategy state once; each shard task carries
+Per generation the driver ``ray.put`` s the meta-state once; each shard task carries
 only a reference to it, the run key, the generation and the shard index. An actor
-re-derives the population with the same ``ask`` (Salimans et al. 2017, "Evolution
-Strategies as a Scalable Alternative to Reinforcement Learning": ship seeds, not
-parameters), evaluates its shard and returns only fitness values, so the bytes per
+re-derives the work with the same ``ask`` (Salimans et al. 2017, "Evolution Strategies as
+a Scalable Alternative to Reinforcement Learning": ship seeds, not parameters), evaluates
+its shard and returns only its result (an ES: fitness values), so the bytes per ES
 generation do not grow with population x genome size. There are more shards than actors;
 each actor holds at most ``IN_FLIGHT`` of them, and finished shards are collected with
 ``ray.wait``, so a slow actor takes fewer shards instead of holding everyone up.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import pickle
 import socket
@@ -36,7 +43,7 @@ import jax
 import numpy as np
 
 from .errors import BackendError, WorkersLost
-from .sharded import Pieces, ShardEvaluator, config_pieces, sharded_step
+from .sharded import Pieces, ShardEvaluator, config_pieces, outer_pieces, sharded_step
 
 IN_FLIGHT = 2  # shards queued on one actor at a time
 
@@ -87,7 +94,12 @@ def connect(address: str | None):
 
     Only what this function started or connected is shut down on exit.
     """
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise BackendError(
+            "backend: ray needs Ray, which is not installed (pip install 'ray[default]')"
+        ) from None
 
     if ray.is_initialized():
         yield ray
@@ -206,7 +218,7 @@ class RayStep:
     def __call__(self, state, run_key, generation):
         return self._step(state, run_key, generation)
 
-    def _evaluate_shards(self, state, run_key, generation) -> np.ndarray:
+    def _evaluate_shards(self, state, run_key, generation) -> list:
         ray = self.ray
         t0 = time.perf_counter()
         payload = (jax.device_get(state), np.asarray(run_key))
@@ -217,7 +229,7 @@ class RayStep:
         load = dict.fromkeys(range(len(self.actors)), 0)  # shards in flight per live actor
         pending: dict = {}  # ref -> (shard, actor index)
         probing: dict = {}  # ref of a readiness probe -> actor index
-        results: dict[int, np.ndarray] = {}
+        results: dict[int, object] = {}
         received = 0
         while len(results) < self.shards:
             for i in sorted(load, key=load.get):
@@ -261,7 +273,7 @@ class RayStep:
                         raise cause from None
                     raise
                 results[shard] = values
-                received += values.nbytes
+                received += sum(np.asarray(x).nbytes for x in jax.tree.leaves(values))
                 if i in load:
                     load[i] -= 1
         self.stats.append(
@@ -272,7 +284,7 @@ class RayStep:
                 "dispatch_s": time.perf_counter() - t0,
             }
         )
-        return np.concatenate([results[s] for s in range(self.shards)])
+        return [results[s] for s in range(self.shards)]
 
     def close(self) -> None:
         for a in self.actors:
@@ -314,34 +326,43 @@ def _running(ray, factory, shared, res, options):
         step.close()
 
 
+def default_shard_size(units: int, shards_per_worker: int, workers: int) -> int:
+    """Units per shard when ``evaluation.shard_size`` is not set: ``shards_per_worker``
+    shards per actor."""
+    return -(-units // (shards_per_worker * workers))
+
+
 @contextlib.contextmanager
-def open_config_step(cfg, warn=None):
-    """The Ray step of a config's experiment, with its ``ray`` section's settings.
+def open_experiment_step(exp, warn=None):
+    """The Ray step of an experiment, with its config's ``ray`` section's settings.
 
-    Without ``evaluation.shard_size`` the population is cut into ``shards_per_worker``
-    shards per actor, and ``warn`` is told that a local run reproduces the result only
-    with that shard size set.
+    An experiment built from its config alone travels as the config (each actor builds it
+    again); one built with Python objects (a task family, a rule, a fitness function)
+    travels as its outer loop, pickled. Without ``evaluation.shard_size`` the work is cut
+    into ``shards_per_worker`` shards per actor, and ``warn`` is told that a local run
+    reproduces the result only with that shard size set.
     """
-    import dataclasses
-    import functools
-
     import yaml
 
     from ..config import dump
 
+    cfg = exp.config
     rc = cfg.ray
     with connect(rc.address) as ray:
         res = actor_resources(ray, rc.workers, rc.gpus_per_worker)
         if cfg.evaluation.shard_size is None:
-            size = -(-cfg.strategy.population_size // (rc.shards_per_worker * res["workers"]))
-            evaluation = dataclasses.replace(cfg.evaluation, shard_size=size)
-            cfg = dataclasses.replace(cfg, evaluation=evaluation)
+            size = default_shard_size(exp.outer.units, rc.shards_per_worker, res["workers"])
+            exp = exp.with_shard_size(size)
+            cfg = exp.config
             if warn is not None:
                 warn(
                     f"evaluation.shard_size is not set; the Ray backend uses {size}. Set it"
                     " in the config to get the same bits on every backend and worker count"
                 )
-        factory = functools.partial(config_pieces, yaml.safe_load(dump(cfg)))
+        if exp.portable:
+            factory = functools.partial(config_pieces, yaml.safe_load(dump(cfg)))
+        else:
+            factory = functools.partial(outer_pieces, exp.outer)
         options = {
             "max_restarts": rc.max_restarts,
             "startup_timeout_s": rc.startup_timeout_s,

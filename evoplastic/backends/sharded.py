@@ -1,23 +1,25 @@
-"""A generation as separate pieces: ask, evaluate one shard, tell. No Ray in here.
+"""A generation as separate pieces a distributed backend can hold. No Ray in here.
 
-The local backend compiles a whole generation into one function. A distributed backend
-cannot: the driver asks and tells, and workers evaluate shards. This module holds those
-pieces as compiled functions that a worker process (or a test, in process) can hold:
+The driver of a distributed backend asks and tells; workers evaluate shards. This module
+holds the pieces a worker process (or a test, in process) needs:
 
-* :class:`Pieces` -- what a worker needs to evaluate: strategy, fitness, shard layout and
-  the initial state (for warming up the compiled functions);
+* :class:`Pieces` -- the run's :class:`~evoplastic.backends.local.GenerationStep` (of any
+  outer loop) and its initial state (for warming up the compiled functions);
 * :func:`config_pieces` -- the pieces of a config, built from a plain mapping so that it
-  travels cheaply to a worker, which rebuilds the experiment itself;
-* :class:`ShardEvaluator` -- ``evaluate(state, run_key, generation, shard) -> raw[n]``.
-  It re-derives the generation's population with the same ``ask`` as the driver (the
+  travels cheaply to a worker, which rebuilds the experiment itself; :func:`outer_pieces`
+  -- the pieces of an outer loop shipped whole (a Python task object, say);
+* :class:`ShardEvaluator` -- ``evaluate(state, run_key, generation, shard) -> result``.
+  It re-derives the generation's work with the same ``ask`` as the driver (the
   common-random-numbers trick of Salimans et al. 2017, "Evolution Strategies as a
   Scalable Alternative to Reinforcement Learning": ship the state and the key, not the
-  population) and evaluates only the members of ``shard``. The population is computed
-  once per generation and kept for the worker's next shards.
+  population) and evaluates only ``shard``. The work is computed once per generation and
+  kept for the worker's next shards;
+* :func:`sharded_step` -- ``step(state, run_key, generation)`` whose shards are evaluated
+  elsewhere and combined here, in shard order.
 
-Each shard is evaluated with the same function, on a batch of the same shape, as
-:func:`~evoplastic.backends.local.evaluate_sharded` evaluates it inside the local step, so
-the fitness values are bit for bit those of the local backend (same device kind).
+Each shard is evaluated with the same compiled function, on a batch of the same shape,
+as the local step evaluates it, so the results are bit for bit those of the local backend
+(same device kind).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from .local import GenerationStep
+from ..config import parse
+from ..experiment import build
+from .local import GenerationStep, stack_results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +55,17 @@ def config_pieces(config: dict, shared=None) -> Pieces:
 
     ``shared`` is unused: a config's task family generates its data from keys.
     """
-    from ..config import parse
-    from ..experiment import build
-
     exp = build(parse(config))
     return Pieces(step=exp.generation_step(), init_state=exp.init_state)
 
 
+def outer_pieces(outer, shared=None) -> Pieces:
+    """The pieces of an outer loop shipped as an object (``shared`` is unused)."""
+    return Pieces(step=GenerationStep(outer), init_state=outer.init)
+
+
 class ShardEvaluator:
-    """A worker's evaluation: re-derive the population, evaluate one shard of it."""
+    """A worker's evaluation: re-derive the generation's work, evaluate one shard of it."""
 
     def __init__(self, pieces: Pieces):
         self.pieces = pieces
@@ -72,30 +78,31 @@ class ShardEvaluator:
         jax.block_until_ready(self.evaluate(state, run_key, 0, 0))
         self._cached = (None, None)
 
-    def evaluate(self, state, run_key, generation: int, shard: int, token=None) -> np.ndarray:
-        """Raw fitness of the members of ``shard`` (``shard_size`` values, padding included).
+    def evaluate(self, state, run_key, generation: int, shard: int, token=None):
+        """The result of ``shard`` (numpy arrays; padding rows included).
 
         ``token`` names the generation's state; shards with the same token reuse the
-        population asked for the first of them.
+        work asked for the first of them.
         """
         step = self.pieces.step
         if token is None or self._cached[0] != token:
-            population, _ = step.ask(state, run_key, generation)
-            self._cached = (token, population)
-        population = self._cached[1]
-        return np.asarray(step.evaluate(population, run_key, generation, shard))
+            work, _ = step.ask(state, run_key, generation)
+            self._cached = (token, work)
+        work = self._cached[1]
+        return jax.tree.map(np.asarray, step.run_shard(work, shard))
 
 
 def sharded_step(step: GenerationStep, evaluate_shards: Callable):
     """``step(state, run_key, generation)`` with evaluation done by ``evaluate_shards``.
 
-    ``evaluate_shards(state, run_key, generation) -> raw[shards * shard_size]`` evaluates
-    every shard (anywhere); asking and telling stay here, on the driver.
+    ``evaluate_shards(state, run_key, generation) -> [result of shard 0, 1, ...]``
+    evaluates every shard (anywhere); asking, combining (in shard order) and telling stay
+    here, on the driver.
     """
 
     def run(state, run_key, generation):
-        population, asked = step.ask(state, run_key, generation)
-        raw = np.asarray(evaluate_shards(state, run_key, generation))[: step.population_size]
-        return step.tell(asked, population, jax.numpy.asarray(raw), run_key, generation)
+        work, asked = step.ask(state, run_key, generation)
+        results = stack_results(evaluate_shards(state, run_key, generation))
+        return step.tell(asked, work, results, run_key, generation)
 
     return run

@@ -22,8 +22,14 @@ in the state).
 
 Keys follow the ES path: generation ``g`` uses ``eval_key = generation_keys(run_key, g)[1]``
 and instance ``j`` ``fold_in(eval_key, j)``; a truncated episode uses the evaluation key of
-its first generation. A generation is a deterministic function of the state, the run key
-and ``g``, so resuming from a checkpoint is bit-exact.
+its first generation (:mod:`evoplastic.meta.episodes`). A generation is a deterministic
+function of the state, the run key and ``g``, so resuming from a checkpoint is bit-exact.
+
+As an :class:`~evoplastic.meta.base.OuterLoop` the work is data-parallel: the instances
+are cut into shards of ``shard_size``; ``evaluate`` returns one shard's loss *sum* and the
+gradient of that sum; ``tell`` adds the shards in order, divides by the number of
+instances and takes the optax step. Every backend evaluates the same shards, so local and
+Ray runs with the same ``evaluation.shard_size`` are bit-identical.
 """
 
 from __future__ import annotations
@@ -36,8 +42,13 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from ..backends.local import generation_keys
+from .base import INIT_FOLD, OuterLoop, join_shards, strong_types
+from .episodes import Episodes, episode, take_rows
+from .strategies import StrategyError
+from .strategies import make_optimizer as _make_optimizer
 from .unroll import unroll_instance
+
+__all__ = ["GradientMeta", "GradientState", "episode", "make_optimizer"]
 
 
 @struct.dataclass
@@ -50,27 +61,23 @@ class GradientState:
     skipped: jax.Array  # non-finite meta-gradients skipped so far
 
 
-def episode(generation, segments: int):
-    """``(first generation of the episode, index of the truncation within it)``."""
-    seg = generation % segments
-    return generation - seg, seg
-
-
 def make_optimizer(spec: dict, clip_norm: float) -> optax.GradientTransformation:
     """``{"name": "adam", "learning_rate": 0.01}`` after global-norm clipping (if > 0)."""
-    from .strategies import StrategyError
-    from .strategies import make_optimizer as _make
-
     try:
-        tx = _make(spec)
+        tx = _make_optimizer(spec)
     except StrategyError as err:
         message = str(err).removeprefix(f"{err.field}: ")
         raise StrategyError(err.field.replace("strategy.", "meta.gradient."), message) from None
     return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm > 0 else tx
 
 
+def fold_sum(stacked):
+    """``stacked[0] + stacked[1] + ...`` along the leading axis, left to right."""
+    return jax.tree.map(lambda x: sum((x[i] for i in range(1, x.shape[0])), x[0]), stacked)
+
+
 @dataclasses.dataclass(frozen=True)
-class GradientMeta:
+class GradientMeta(OuterLoop):
     """The gradient outer loop of an experiment (pure functions, static settings).
 
     Attributes:
@@ -81,6 +88,7 @@ class GradientMeta:
       init_std: scale of the Gaussian noise added to ``rule.init`` for the first genome.
       truncation: inner steps per generation, or 0 for whole unrolls.
       remat: the unroll's checkpointing policy.
+      shard_size: instances per shard (``None``: all at once).
     """
 
     family: Any
@@ -90,22 +98,25 @@ class GradientMeta:
     init_std: float
     truncation: int = 0
     remat: str = "nested"
+    shard_size: int | None = None
+
+    @property
+    def episodes(self) -> Episodes:
+        """Task instances and carried states (the truncated step shared with PES)."""
+        return Episodes(self.family, self.instances, self.truncation)
 
     @property
     def segments(self) -> int:
         """Truncated segments per inner loop (1 without truncation)."""
-        return self.family.steps // self.truncation if self.truncation else 1
+        return self.episodes.segments
 
-    def _tasks(self, key):
-        keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(self.instances))
-        return jax.vmap(lambda k: self.family.sample(k, "train"))(keys)
+    @property
+    def units(self) -> int:
+        return self.instances
 
-    def _fresh_inner(self, tasks):
-        return jax.vmap(self.family.init_inner)(tasks)
-
-    def init_state(self, run_key: jax.Array) -> GradientState:
+    def init(self, run_key: jax.Array) -> GradientState:
         """Genome ``rule.init(k) + init_std * N(0, 1)``: the ES's first-population law."""
-        k_rule, k_noise = jax.random.split(jax.random.fold_in(run_key, 2**31 - 1))
+        k_rule, k_noise = jax.random.split(jax.random.fold_in(run_key, INIT_FOLD))
         mean = self.rule.init(k_rule)
         leaves, treedef = jax.tree.flatten(mean)
         keys = jax.random.split(k_noise, len(leaves))
@@ -116,18 +127,45 @@ class GradientMeta:
                 for x, k in zip(leaves, keys, strict=True)
             ],
         )
-        inner = self._fresh_inner(self._tasks(jax.random.PRNGKey(0)))
         state = GradientState(
             genome=genome,
             opt_state=self.optimizer.init(genome),
-            inner=jax.tree.map(jnp.zeros_like, inner),
+            inner=self.episodes.empty(),
             skipped=jnp.zeros((), jnp.int32),
         )
         # strong dtypes, as after a step: weakly typed leaves would recompile generation 1
-        return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), state)
+        return strong_types(state)
+
+    def ask(self, state: GradientState, run_key, generation):
+        key, seg = self.episodes.position(run_key, generation)
+        work = {"genome": state.genome, "key": key, "segment": seg, "inner": state.inner}
+        return work, state
+
+    def shard_loss(self, genome, work, shard):
+        """``(sum of the losses of the shard's instances, (losses, metrics, inner))``.
+
+        Padding rows repeat the last instance and are left out of the sum.
+        """
+        ep = self.episodes
+        index = shard * self.batch + jnp.arange(self.batch)
+        valid = index < self.instances
+        index = jnp.minimum(index, self.instances - 1)
+        tasks = ep.tasks(work["key"], index)
+        inner = ep.start(tasks, take_rows(work["inner"], index), work["segment"])
+        losses, metrics, inner = ep.run(
+            self.rule, genome, tasks, inner, work["segment"], self.remat
+        )
+        return jnp.sum(jnp.where(valid, losses, 0.0)), (losses, metrics, inner)
+
+    def evaluate(self, work, shard):
+        """The shard's loss sum, the gradient of that sum, per-instance metrics and states."""
+        grad_fn = jax.value_and_grad(self.shard_loss, has_aux=True)
+        (loss, (_, metrics, inner)), grad = grad_fn(work["genome"], work, shard)
+        return {"loss": loss, "grad": grad, "metrics": metrics, "inner": inner}
 
     def meta_loss(self, genome, tasks, inner, start, length: int):
-        """Mean loss over instances after ``length`` steps from ``inner`` at ``start``."""
+        """Mean loss over instances after ``length`` steps from ``inner`` at ``start``
+        (one batch, for tests and analysis)."""
 
         def one(task, s):
             loss, metrics, s = unroll_instance(
@@ -138,53 +176,39 @@ class GradientMeta:
         losses, (metrics, inner) = jax.vmap(one)(tasks, inner)
         return jnp.mean(losses), (metrics, inner)
 
-    def generation_step(self):
-        """Compile ``step(state, run_key, generation) -> (state, metrics)`` once for a run."""
-        length = self.truncation or self.family.steps
+    def tell(self, state: GradientState, work, results, run_key, generation):
+        """Add the shards in order, average, clip and step; skip a non-finite step."""
+        n = self.instances
+        loss = fold_sum(results["loss"]) / n
+        grad = jax.tree.map(lambda g: g / n, fold_sum(results["grad"]))
+        task_metrics = join_shards(results["metrics"], n)
+        inner = join_shards(results["inner"], n)
+        grad_norm = optax.tree.norm(grad)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = self.optimizer.update(grad, state.opt_state, state.genome)
+        genome = optax.apply_updates(state.genome, updates)
 
-        @jax.jit
-        def step(state: GradientState, run_key, generation):
-            first, seg = episode(generation, self.segments)
-            _, k_eval, _ = generation_keys(run_key, first)
-            tasks = self._tasks(k_eval)
-            fresh = self._fresh_inner(tasks)
-            inner = jax.tree.map(lambda f, c: jnp.where(seg == 0, f, c), fresh, state.inner)
-            grad_fn = jax.value_and_grad(self.meta_loss, has_aux=True)
-            (loss, (task_metrics, inner)), grad = grad_fn(
-                state.genome, tasks, inner, seg * length, length
-            )
-            grad_norm = optax.tree.norm(grad)
-            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            updates, opt_state = self.optimizer.update(grad, state.opt_state, state.genome)
-            genome = optax.apply_updates(state.genome, updates)
+        def keep(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(ok, a, b).astype(b.dtype), new, old)
 
-            def keep(new, old):
-                return jax.tree.map(lambda n, o: jnp.where(ok, n, o).astype(o.dtype), new, old)
-
-            new_state = GradientState(
-                genome=keep(genome, state.genome),
-                opt_state=keep(opt_state, state.opt_state),
-                inner=inner,
-                skipped=state.skipped + (~ok).astype(jnp.int32),
-            )
-            metrics = {
-                "best_loss": loss,
-                "mean_loss": loss,
-                "median_loss": loss,
-                "nonfinite": (~ok).astype(jnp.int32),
-                "grad_norm": grad_norm,
-                "skipped": new_state.skipped,
-            }
-            for name, values in task_metrics.items():
-                metrics[f"train_{name}"] = jnp.median(values)
-            return new_state, metrics
-
-        return step
+        new_state = GradientState(
+            genome=keep(genome, state.genome),
+            opt_state=keep(opt_state, state.opt_state),
+            inner=inner,
+            skipped=state.skipped + (~ok).astype(jnp.int32),
+        )
+        metrics = {
+            "best_loss": loss,
+            "mean_loss": loss,
+            "median_loss": loss,
+            "nonfinite": (~ok).astype(jnp.int32),
+            "grad_norm": grad_norm,
+            "skipped": new_state.skipped,
+        }
+        for name, values in task_metrics.items():
+            metrics[f"train_{name}"] = jnp.median(values)
+        return new_state, metrics
 
     def mean_genome(self, state: GradientState):
         """The current genome (what a run reports)."""
         return state.genome
-
-    def evals_per_generation(self) -> int:
-        """Inner loops (or segments of them) per generation."""
-        return self.instances

@@ -28,7 +28,7 @@ recombination weights ``w = softmax(logits)`` and the step-size utilities ``u`` 
 
 ``c_m``, ``c``, ``d`` and ``eta`` start at the usual CMA-ES / SNES values times
 ``exp(log_*)`` with learned ``log_*`` (zero at initialization). The policy's weights are
-trained by backprop through unrolled generations (:mod:`evoplastic.meta.selection_training`),
+trained by backprop through unrolled generations (:mod:`evoplastic.studies.selection_training`),
 in the spirit of Lange et al. 2023, "Discovering Evolution Strategies via Meta-Black-Box
 Optimization" (who evolve such a policy instead).
 

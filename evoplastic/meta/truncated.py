@@ -22,7 +22,13 @@ episode index here (``generation % (steps / K)``) reset together.
 
 Keys: an episode's instances come from the evaluation key of its first generation
 (``generation_keys(run_key, first)[1]``), instance ``j`` from ``fold_in(key, j)`` and,
-without common instances, member ``i``'s from ``fold_in(fold_in(key, i), j)``.
+without common instances, member ``i``'s from ``fold_in(fold_in(key, i), j)``
+(:mod:`evoplastic.meta.episodes`, the truncated step shared with the meta-gradient).
+
+As an :class:`~evoplastic.meta.base.OuterLoop` the population is evaluated in shards of
+``shard_size`` members. The members' network states travel with the work: each shard
+continues its members' states and returns them, and ``tell`` keeps them in the meta-state.
+A shard is a pure function of the state and the keys, so a backend may re-run a lost one.
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ..backends.local import generation_keys, member_keys, sanitize
-from .gradient import episode
-from .unroll import unroll_instance
+from .base import INIT_FOLD, OuterLoop, generation_keys, join_shards, member_keys, take_shard
+from .episodes import Episodes
+from .es import es_metrics
 
 
 @struct.dataclass
@@ -48,7 +54,7 @@ class TruncatedState:
 
 
 @dataclasses.dataclass(frozen=True)
-class TruncatedES:
+class TruncatedES(OuterLoop):
     """A PES / Noise-Reuse ES outer loop over truncated unrolls.
 
     Attributes:
@@ -58,6 +64,7 @@ class TruncatedES:
       instances: task instances per member.
       truncation: inner steps per generation (divides ``family.steps``).
       common_instances: every member meets the same instances (common random numbers).
+      shard_size: members per shard (``None``: the whole population at once).
     """
 
     family: Any
@@ -67,90 +74,78 @@ class TruncatedES:
     instances: int
     truncation: int
     common_instances: bool = True
+    shard_size: int | None = None
+
+    @property
+    def episodes(self) -> Episodes:
+        """Task instances and carried states (the truncated step shared with backprop)."""
+        return Episodes(self.family, self.instances, self.truncation)
 
     @property
     def segments(self) -> int:
         """Truncated segments per inner loop (``steps / truncation``)."""
-        return self.family.steps // self.truncation
+        return self.episodes.segments
+
+    @property
+    def units(self) -> int:
+        return int(self.strategy.population_size)
 
     @property
     def population_size(self) -> int:
         """Members per generation."""
-        return self.strategy.population_size
+        return self.units
 
-    def _tasks(self, key):
-        """Tasks ``[instances]`` (common) or ``[population, instances]``."""
+    def evals_per_generation(self) -> int:
+        """Truncated segments evaluated per generation."""
+        return self.units * self.instances
 
-        def for_key(k):
-            keys = jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(self.instances))
-            return jax.vmap(lambda kk: self.family.sample(kk, "train"))(keys)
-
-        if self.common_instances:
-            return for_key(key)
-        return jax.vmap(for_key)(member_keys(key, jnp.arange(self.population_size)))
-
-    def _fresh_inner(self, tasks):
-        init = jax.vmap(self.family.init_inner)
-        if self.common_instances:
-            one = init(tasks)
-            return jax.tree.map(
-                lambda x: jnp.broadcast_to(x, (self.population_size, *x.shape)), one
-            )
-        return jax.vmap(init)(tasks)
-
-    def init_state(self, run_key: jax.Array) -> TruncatedState:
+    def init(self, run_key: jax.Array) -> TruncatedState:
         """The strategy state and the inner states of every member before generation 0."""
-        k_rule, k_es = jax.random.split(jax.random.fold_in(run_key, 2**31 - 1))
+        k_rule, k_es = jax.random.split(jax.random.fold_in(run_key, INIT_FOLD))
         es = self.strategy.init(k_es, self.rule.init(k_rule), self.es_params)
-        inner = self._fresh_inner(self._tasks(jax.random.PRNGKey(0)))
-        state = TruncatedState(es=es, inner=jax.tree.map(jnp.zeros_like, inner))
+        state = TruncatedState(es=es, inner=self.episodes.empty(self.units))
         # strong dtypes, as after a tell: weakly typed leaves would recompile generation 1
         return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), state)
 
-    def generation_step(self):
-        """Compile ``step(state, run_key, generation) -> (state, metrics)`` once for a run."""
-        K = self.truncation
+    def ask(self, state: TruncatedState, run_key, generation):
+        k_ask, _, _ = generation_keys(run_key, generation)
+        key, seg = self.episodes.position(run_key, generation)
+        population, es = self.strategy.ask(k_ask, state.es, self.es_params)
+        work = {"population": population, "key": key, "segment": seg, "inner": state.inner}
+        return work, state.replace(es=es)
 
-        @jax.jit
-        def step(state: TruncatedState, run_key, generation):
-            k_ask, _, k_tell = generation_keys(run_key, generation)
-            first, seg = episode(generation, self.segments)
-            _, k_episode, _ = generation_keys(run_key, first)
-            tasks = self._tasks(k_episode)
-            fresh = self._fresh_inner(tasks)
-            inner = jax.tree.map(lambda f, c: jnp.where(seg == 0, f, c), fresh, state.inner)
-            population, es = self.strategy.ask(k_ask, state.es, self.es_params)
+    def evaluate(self, work, shard):
+        """Members' mean losses ``[shard_size]`` over one truncation, and their new states."""
+        ep, seg = self.episodes, work["segment"]
+        members = take_shard(work["population"], shard, self.batch, self.shards)
+        carried = take_shard(work["inner"], shard, self.batch, self.shards)
+        instances = jnp.arange(self.instances)
+        if self.common_instances:
+            tasks = ep.tasks(work["key"], instances)
+        else:
+            index = shard * self.batch + jnp.arange(self.batch)
+            keys = member_keys(work["key"], index)
+            tasks = jax.vmap(lambda k: ep.tasks(k, instances))(keys)
 
-            def member(genome, member_tasks, member_inner):
-                def one(task, s):
-                    loss, _, s = unroll_instance(
-                        self.family, self.rule, genome, task, s, seg * K, K
-                    )
-                    return loss, s
+        def member(genome, member_tasks, member_inner):
+            member_inner = ep.start(member_tasks, member_inner, seg)
+            losses, _, s = ep.run(self.rule, genome, member_tasks, member_inner, seg)
+            return jnp.mean(losses), s
 
-                losses, s = jax.vmap(one)(member_tasks, member_inner)
-                return jnp.mean(losses), s
+        task_axis = None if self.common_instances else 0
+        raw, inner = jax.vmap(member, in_axes=(0, task_axis, 0))(members, tasks, carried)
+        return {"raw": raw, "inner": inner}
 
-            task_axis = None if self.common_instances else 0
-            raw, inner = jax.vmap(member, in_axes=(0, task_axis, 0))(population, tasks, inner)
-            fit, nonfinite = sanitize(raw)
-            es, _ = self.strategy.tell(k_tell, population, fit, es, self.es_params)
-            finite = jnp.isfinite(raw)
-            metrics = {
-                "best_loss": jnp.min(fit),
-                "mean_loss": jnp.sum(jnp.where(finite, raw, 0.0)) / jnp.maximum(finite.sum(), 1),
-                "median_loss": jnp.median(fit),
-                "nonfinite": nonfinite,
-                "segment": seg,
-            }
-            return TruncatedState(es=es, inner=inner), metrics
-
-        return step
+    def tell(self, state: TruncatedState, work, results, run_key, generation):
+        _, _, k_tell = generation_keys(run_key, generation)
+        raw = join_shards(results["raw"], self.units)
+        inner = join_shards(results["inner"], self.units)
+        fit, metrics = es_metrics(raw)
+        es, _ = self.strategy.tell(k_tell, work["population"], fit, state.es, self.es_params)
+        state = TruncatedState(es=es, inner=inner)
+        state = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), state)
+        return state, metrics | {"segment": work["segment"]}
 
     def mean_genome(self, state: TruncatedState):
         """The search mean (what a run reports)."""
         return self.strategy.get_mean(state.es)
-
-    def evals_per_generation(self) -> int:
-        """Truncated segments evaluated per generation."""
-        return self.population_size * self.instances

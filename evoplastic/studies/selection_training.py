@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from . import selection
+from ..meta import selection
 
 KINDS = ("quadratic", "rosenbrock", "rastrigin")
 INITS = ("rank", "uniform")
@@ -324,7 +324,7 @@ def train(
     The policy starts from :func:`start_policy` unless one is given. Step ``s`` trains on
     problems ``s * batch ..`` of the train stream of ``seed``, one batch per dimension.
     """
-    from .gradient import make_optimizer
+    from ..meta.gradient import make_optimizer
 
     t, p = cfg.training, cfg.problems
     echo = echo or (lambda line: None)

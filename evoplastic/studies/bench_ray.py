@@ -5,6 +5,8 @@ Measured on a local Ray instance on this machine, with every step timed end to e
 
 * per-generation time of a compute-heavy pca config, local vs Ray with 1 and 2 CPU actors
   (the same shards, so the same numbers);
+* per-step time of the meta-gradient (data-parallel: each actor returns its shards' loss
+  and gradient sums) on a heavy pca config, local vs Ray with 2 CPU actors;
 * dispatch overhead: Ray (2 actors) minus local on a near-empty fitness (a quadratic);
 * bytes sent per generation by the driver (the state put once, plus each shard's
   arguments) and received (fitness values), for OpenAI-ES at a genome of 10,000 numbers
@@ -20,14 +22,23 @@ import time
 import jax
 import jax.numpy as jnp
 
-from . import backends, meta
-from .backends.sharded import Pieces, config_pieces
+from .. import backends, meta
+from ..backends.sharded import Pieces, config_pieces
 
 HEAVY = {
     "name": "bench-heavy",
     "task": {"name": "pca", "dim": 8, "steps": 12000},
     "strategy": {"name": "cma_es", "population_size": 256},
     "evaluation": {"instances": 32, "shard_size": 32},
+}
+
+
+# backprop through 2000 inner steps of 64 instances, in 4 shards of 16 (local step >= 0.5 s)
+HEAVY_GRADIENT = {
+    "name": "bench-heavy-gradient",
+    "task": {"name": "pca", "dim": 8, "steps": 2000},
+    "meta": {"optimizer": "gradient", "gradient": {"remat": "none"}},
+    "evaluation": {"instances": 64, "shard_size": 16},
 }
 
 
@@ -55,7 +66,7 @@ def _time_steps(step, init_state, reps: int) -> list[float]:
 
 
 def _compare(factory, reps: int, workers=(1, 2)) -> dict:
-    from .backends import ray_backend
+    from ..backends import ray_backend
 
     pieces = factory()
     out = {"local": _time_steps(pieces.step, pieces.init_state, reps)}
@@ -67,9 +78,22 @@ def _compare(factory, reps: int, workers=(1, 2)) -> dict:
     return {"median_s": {k: statistics.median(v) for k, v in out.items()}, "stats": stats}
 
 
+def gradient_case(reps: int, echo=print, config: dict | None = None) -> dict:
+    """Meta-gradient per-step time, local vs Ray with 2 actors (needs a Ray connection)."""
+    factory = functools.partial(config_pieces, config or HEAVY_GRADIENT)
+    r = _compare(factory, reps, workers=(2,))
+    m = r["median_s"]
+    ratio = m["ray2"] / m["local"]
+    echo(
+        f"meta-gradient, pca 2000 steps x 64 instances (4 shards): local {m['local']:.3f} s"
+        f"  ray 2 actors {m['ray2']:.3f} s  (ray2/local {ratio:.3f}, target <= 1.15)"
+    )
+    return m | {"ratio_ray2_local": ratio}
+
+
 def run_ray_bench(quick: bool = False, echo=print) -> dict:
-    """Run the three measurements on a local Ray instance; returns and prints them."""
-    from .backends import ray_backend
+    """Run the four measurements on a local Ray instance; returns and prints them."""
+    from ..backends import ray_backend
 
     reps = 5 if quick else 15
     results = {}
@@ -83,6 +107,7 @@ def run_ray_bench(quick: bool = False, echo=print) -> dict:
             f"{m['ray1']:.3f} s  ray 2 actors {m['ray2']:.3f} s  (ray2/local "
             f"{m['ray2'] / m['local']:.3f}, target <= 1.15)"
         )
+        results["gradient"] = gradient_case(reps, echo)
         empty = functools.partial(quadratic_pieces, "cma_es", 64, 8, 8)
         r = _compare(empty, reps * 4, workers=(2,))
         m = r["median_s"]

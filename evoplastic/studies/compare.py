@@ -17,7 +17,8 @@ Each method is the base config with its sections merged in (:func:`config.method
 **interleaved seed by seed** (for seed ``k``, all methods in an order rotated by ``k``), so
 that a change in machine load affects every method alike. Each run is a normal run
 directory (``OUT/<config name>/<method>/seed<k>``): it stops at the budget with its
-checkpoint, then :func:`evoplastic.trainer.finalize` evaluates the final rule on
+checkpoint (each run goes through the run driver, :func:`evoplastic.runner.execute`, on
+the config's backend), then :func:`final_eval` evaluates the final rule on
 ``test.final_instances`` held-out instances (after the budget; the same for every method).
 
 :func:`collect` and :func:`markdown_report` read only those run directories
@@ -113,27 +114,32 @@ def run_all(
     A run directory with an ``eval.json`` is finished and kept; one without is resumed
     (its training clock goes on from its last metric line).
     """
-    from ..backends import open_step
-    from ..trainer import SearchDiverged, latest_genome, prepare_run_dir, train
+    from ..runner import execute
+    from ..trainer import Reporter, SearchDiverged, latest_genome
+
+    class _Echo(Reporter):
+        def __init__(self, echo):
+            self.echo = echo
+
+        def warn(self, message):
+            self.echo(f"warning: {message}")
+
+    def finish(exp, run_dir, result):
+        return final_eval(exp, run_dir, result.genome, result.generations)
 
     exps = [build(r.config) for r in runs]  # every config error before any run starts
     for i, (r, exp) in enumerate(zip(runs, exps, strict=True)):
         if (r.run_dir / "eval.json").is_file():
             echo(f"[{i + 1}/{len(runs)}] {r.run_dir}: finished, kept")
             continue
-        resume = r.run_dir.exists()
-        if not resume:
-            prepare_run_dir(r.run_dir, exp)
-        reporter = reporter_factory() if reporter_factory else None
+        reporter = reporter_factory() if reporter_factory else _Echo(echo)
         try:
-            with open_step(exp, warn=echo) as step:
-                result = train(exp, r.run_dir, reporter=reporter, resume=resume, step=step)
+            result = execute(exp, r.run_dir, resume=True, reporter=reporter, finish=finish)
         except SearchDiverged as err:  # a method's failure, reported with its last rule
             genome = latest_genome(r.run_dir)
             final_eval(exp, r.run_dir, genome, None)
             echo(f"[{i + 1}/{len(runs)}] {r.task} {r.method} seed {r.seed}: stopped, {err}")
             continue
-        final_eval(exp, r.run_dir, result.genome, result.generations)
         last = result.records[-1] if result.records else {}
         echo(
             f"[{i + 1}/{len(runs)}] {r.task} {r.method} seed {r.seed}: {result.generations}"
@@ -149,9 +155,9 @@ def final_eval(exp, run_dir: Path, genome, generations: int) -> dict:
     instances, but without the reference rules and the SGD/Adam learning-rate sweeps
     (the same for every method and seed, and slower than a run here).
     """
+    from ..analysis.report import rule_summary, summarize
     from ..backends import evaluate_genome
     from ..trainer import write_json
-    from .report import rule_summary, summarize
 
     raw = evaluate_genome(exp.family, exp.rule, genome, exp.config.test.final_instances)
     results = {"trained": {"evolved": {k: summarize(v) for k, v in raw.items()}}}

@@ -31,9 +31,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from . import config
-from .backends import generation_keys
-from .experiment import Experiment, build
+from .. import config
+from ..backends import generation_keys
+from ..experiment import Experiment, build
 
 _CARTPOLE = {"name": "control", "env": "CartPole-v1", "max_steps": 200}
 _LAYERED = {"activation": "tanh", "output_activation": "tanh", "lr": 1.0, "lr_decay": 0.0}
@@ -165,7 +165,7 @@ class _Loop:
             self.state, m = self.step(self.state, self.run_key, self.g)
             jax.block_until_ready(m)
         else:
-            es, p = self.exp.strategy, self.exp.es_params
+            es, p = self.exp.outer.strategy, self.exp.outer.es_params
             k_ask, k_eval, k_tell = generation_keys(self.run_key, self.g)
             pop, st = es.ask(k_ask, self.state, p)
             self.state, _ = es.tell(k_tell, pop, self.fitness(pop, k_eval), st, p)
@@ -186,12 +186,12 @@ def _step_memory(exp: Experiment) -> int | None:
         step = exp.generation_step()
         key = jax.random.PRNGKey(0)
         state = exp.init_state(key)
-        population, asked = step.ask(state, key, 0)
-        raw = step.evaluate_all(population, key, 0)
+        work, asked = step.ask(state, key, 0)
+        results = step.evaluate_all(work)
         lowered = (
             step.ask.lower(state, key, 0),
-            step.evaluate.lower(population, key, 0, 0),
-            step.tell.lower(asked, population, raw, key, 0),
+            step.evaluate.lower(work, 0),
+            step.tell.lower(asked, work, results, key, 0),
         )
         peaks = []
         for low in lowered:
@@ -395,9 +395,9 @@ MEMORY_LENGTHS = (100, 1000, 10000)
 
 def meta_gradient_memory(steps: int, remat: str, dim: int = 8) -> dict:
     """XLA's memory analysis of the pca meta-gradient for an unroll of ``steps`` steps."""
-    from .meta.unroll import unroll_instance
-    from .rules import make as make_rule
-    from .tasks import make as make_task
+    from ..meta.unroll import unroll_instance
+    from ..rules import make as make_rule
+    from ..tasks import make as make_task
 
     family = make_task("pca", dim=dim, steps=steps)
     rule = make_rule("polynomial")
@@ -428,7 +428,7 @@ def meta_gradient_memory(steps: int, remat: str, dim: int = 8) -> dict:
 
 def bench_memory(lengths=MEMORY_LENGTHS, echo=print) -> list[dict]:
     """Meta-gradient memory at each unroll length, for every checkpointing policy."""
-    from .meta.unroll import REMAT, nested_shape
+    from ..meta.unroll import REMAT, nested_shape
 
     echo(
         "meta-gradient memory (XLA compiled memory analysis; temp = residuals + scratch,"

@@ -3,15 +3,16 @@
 Every strategy gets the same population size and number of generations on each held-out
 problem, from the same initial mean and step size, for several seeds. Problems are
 
-* cheap ones (:func:`~evoplastic.meta.selection_training.fixed_problem`): their rotation and
+* cheap ones (:func:`~evoplastic.studies.selection_training.fixed_problem`): their rotation and
   optimum are drawn from the *test* key stream, which training never uses, at dimensions
   training need not have seen; the final loss is ``f(mean)`` of the last generation;
 * plasticity tasks (an experiment config, e.g. ``experiments/oja.yaml``): the strategy is
   swapped in and the final loss is the mean held-out loss of the final mean genome over the
   task's ``test.final_instances`` meta-test instances.
 
-Each generation runs through :func:`~evoplastic.backends.make_generation_step`, the path
-of ``evoplastic run``.
+A plasticity task runs through the run driver (:func:`evoplastic.runner.execute`, on the
+task config's backend), the path of ``evoplastic run``; a cheap problem runs the same
+compiled generation step (:class:`~evoplastic.backends.GenerationStep`) in process.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import backends
-from . import selection, strategies
+from ..meta import selection, strategies
 from . import selection_training as st
 
 LEARNED = "learned"
@@ -150,7 +151,9 @@ def run_task(task_cfg, name: str, seed: int, cfg: CompareConfig, policy) -> tupl
 
     The mean is over the instances whose loss is finite; diverged ones are counted.
     """
+    from .. import runner
     from ..experiment import build
+    from ..trainer import SearchDiverged
 
     meta = task_cfg.meta
     if name in (LEARNED, UNTRAINED):
@@ -164,18 +167,24 @@ def run_task(task_cfg, name: str, seed: int, cfg: CompareConfig, policy) -> tupl
         strategy_cfg, population_size=cfg.population_size, std_init=cfg.std_init
     )
     run_cfg = dataclasses.replace(
-        task_cfg, seed=seed, generations=cfg.generations, strategy=strategy_cfg, meta=meta
+        task_cfg,
+        seed=seed,
+        generations=cfg.generations,
+        strategy=strategy_cfg,
+        meta=meta,
+        test=dataclasses.replace(task_cfg.test, every=0),  # only the final evaluation counts
+        time_budget_s=None,
     )
     exp = build(run_cfg)
     if name == UNTRAINED:
-        es_params = exp.es_params.replace(policy=untrained_policy(policy))
-        exp = dataclasses.replace(exp, es_params=es_params)
-    state = _search(
-        exp.strategy, exp.es_params, exp.fitness(), exp.init_state, seed, cfg.generations
-    )
-    result = backends.evaluate_genome(
-        exp.family, exp.rule, exp.mean_genome(state), run_cfg.test.final_instances
-    )
+        outer = exp.outer
+        es_params = outer.es_params.replace(policy=untrained_policy(policy))
+        exp = exp.with_outer(dataclasses.replace(outer, es_params=es_params))
+    try:
+        genome = runner.execute(exp, None, finish=None).genome
+    except SearchDiverged:
+        return float("nan"), run_cfg.test.final_instances
+    result = backends.evaluate_genome(exp.family, exp.rule, genome, run_cfg.test.final_instances)
     loss = np.asarray(result["loss"])
     finite = np.isfinite(loss)
     return float(np.mean(loss[finite])) if finite.any() else float("nan"), int((~finite).sum())
