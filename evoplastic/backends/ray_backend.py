@@ -23,7 +23,14 @@ each actor holds at most ``IN_FLIGHT`` of them, and finished shards are collecte
 An actor that dies mid-generation loses its shards to the queue; they run on the next
 free actor, and the dead one rejoins once Ray has restarted it (``max_restarts``). Shards
 are pure functions of (state, key, generation, index), so the generation's result does not
-change. When no actor is left, :class:`~evoplastic.backends.errors.WorkersLost` is raised.
+change. The driver never waits unboundedly: it polls every ``POLL_S`` seconds, and when
+nothing has come back it asks Ray which nodes are alive, so the actors of a node that is
+gone (its raylet killed, its machine lost) are noticed within seconds, their shards re-run
+elsewhere, and the loss is reported. An actor that stays unreachable for ``lost_timeout_s``
+is given up. Where the number of actors is not fixed (``ray.workers`` unset), resources that
+appear (a node that joins) get new actors at the next generation. When no actor is left,
+:class:`~evoplastic.backends.errors.WorkersLost` is raised (the run saves a checkpoint and
+stops with one line).
 
 Ray is imported here and in :mod:`evoplastic.jobs` only.
 """
@@ -46,6 +53,7 @@ from .errors import BackendError, WorkersLost
 from .sharded import Pieces, ShardEvaluator, config_pieces, outer_pieces, sharded_step
 
 IN_FLIGHT = 2  # shards queued on one actor at a time
+POLL_S = 1.0  # longest wait for a shard before the driver checks the actors' nodes
 
 
 class WorkerStartFailed(BackendError):
@@ -66,7 +74,14 @@ class Worker:
         self.warm_up_s = time.perf_counter() - t0
 
     def ready(self) -> dict:
-        return {"pid": os.getpid(), "warm_up_s": self.warm_up_s, "device": str(jax.devices()[0])}
+        import ray
+
+        return {
+            "pid": os.getpid(),
+            "warm_up_s": self.warm_up_s,
+            "device": str(jax.devices()[0]),
+            "node": ray.get_runtime_context().get_node_id(),
+        }
 
     def evaluate(self, payload, generation, shard, token):
         state, run_key = payload  # one object per generation, shared by its shards
@@ -165,8 +180,14 @@ class RayStep:
         max_restarts: int = 3,
         startup_timeout_s: float = 300.0,
         compilation_cache: str | None = None,
+        grow: bool = False,
+        warn=None,
+        lost_timeout_s: float = 60.0,
     ):
         self.ray = ray
+        self.grow = grow
+        self.warn = warn or (lambda message: None)
+        self.lost_timeout_s = lost_timeout_s
         self.pieces = pieces
         self.shards = pieces.step.shards
         res = resources
@@ -180,11 +201,11 @@ class RayStep:
             max_task_retries=0,  # lost shards are re-queued here, on any live actor
         )
 
+        self._res = res
+        self._new_actor = lambda: actor_cls.remote(factory, shared_ref, compilation_cache or None)
+
         def start():
-            return [
-                actor_cls.remote(factory, shared_ref, compilation_cache or None)
-                for _ in range(res["workers"])
-            ]
+            return [self._new_actor() for _ in range(res["workers"])]
 
         self.actors = start()
         try:
@@ -192,6 +213,12 @@ class RayStep:
         except WorkerStartFailed:  # e.g. a worker process lost while starting: once more
             self.actors = start()
             self.info = self._wait_ready(startup_timeout_s)
+        self.nodes = [info.get("node") for info in self.info]  # each actor's Ray node
+        self.dead: set[int] = set()  # actors given up for good
+        self.lost: dict[int, float] = {}  # actor -> when it was lost (waiting for a restart)
+        self.probes: dict = {}  # ref of a readiness probe -> actor (restarted or joining)
+        self.joining: dict[int, float] = {}  # actor started on resources that appeared -> when
+        self.startup_timeout_s = startup_timeout_s
         self.stats: list[dict] = []
         self.restarts = 0
         self._step = sharded_step(pieces.step, self._evaluate_shards)
@@ -218,17 +245,93 @@ class RayStep:
     def __call__(self, state, run_key, generation):
         return self._step(state, run_key, generation)
 
+    def _live(self) -> list[int]:
+        return [
+            i
+            for i in range(len(self.actors))
+            if i not in self.dead and i not in self.lost and i not in self.joining
+        ]
+
+    def _grow(self) -> None:
+        """Start actors on resources that are free (a node that joined): they take shards
+        once warm."""
+        if not self.grow or self.lost or self.joining:
+            return
+        free = self.ray.available_resources()
+        cpus, gpus = self._res["num_cpus"], self._res["num_gpus"]
+        room = int(free.get("CPU", 0.0) // cpus) if cpus else 0
+        if gpus:
+            room = min(room, int(free.get("GPU", 0.0) // gpus))
+        for _ in range(room):
+            i = len(self.actors)
+            self.actors.append(self._new_actor())
+            self.nodes.append(None)
+            self.joining[i] = time.monotonic()
+            self.probes[self.actors[i].ready.remote()] = i
+        if room:
+            self.warn(f"Ray resources for {room} more worker(s) appeared; starting them")
+
+    def _lose(self, i: int, why: str, pending: dict, queue, load: dict) -> None:
+        """Actor ``i`` is gone: its shards go back to the queue."""
+        for ref, (shard, j) in list(pending.items()):
+            if j == i:
+                del pending[ref]
+                queue.appendleft(shard)
+                self.restarts += 1
+        load.pop(i, None)
+        self.dead.add(i)
+        self.lost.pop(i, None)
+        self.joining.pop(i, None)
+        for ref, j in list(self.probes.items()):
+            if j == i:
+                del self.probes[ref]
+        with contextlib.suppress(Exception):
+            self.ray.kill(self.actors[i], no_restart=True)
+
+    def _check_nodes(self, generation, pending: dict, queue, load: dict) -> None:
+        """Give up the actors of nodes that are gone, and those lost for too long."""
+        try:
+            alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+        except Exception:  # the GCS itself is unreachable: nothing to learn now
+            return
+        gone = [
+            i
+            for i in range(len(self.actors))
+            if i not in self.dead and self.nodes[i] is not None and self.nodes[i] not in alive
+        ]
+        for node in sorted({self.nodes[i] for i in gone}):
+            on_node = [i for i in gone if self.nodes[i] == node]
+            for i in on_node:
+                self._lose(i, "node", pending, queue, load)
+            self.warn(
+                f"lost Ray node {node[:12]} during generation {generation}: worker(s)"
+                f" {', '.join(map(str, on_node))} gone, their shards re-run;"
+                f" {len(self._live())} worker(s) left"
+            )
+        now = time.monotonic()
+        for i, since in list(self.lost.items()):
+            if now - since > self.lost_timeout_s:
+                self._lose(i, "timeout", pending, queue, load)
+                self.warn(
+                    f"Ray worker {i} did not come back within {self.lost_timeout_s:g} s;"
+                    f" given up ({len(self._live())} worker(s) left)"
+                )
+        for i, since in list(self.joining.items()):
+            if now - since > self.startup_timeout_s:
+                self._lose(i, "timeout", pending, queue, load)
+                self.warn(f"a new Ray worker did not start within {self.startup_timeout_s:g} s")
+
     def _evaluate_shards(self, state, run_key, generation) -> list:
         ray = self.ray
         t0 = time.perf_counter()
+        self._grow()
         payload = (jax.device_get(state), np.asarray(run_key))
         state_ref = ray.put(payload)
         token = state_ref.hex()
         sent = len(pickle.dumps(payload, protocol=5))
         queue = collections.deque(range(self.shards))
-        load = dict.fromkeys(range(len(self.actors)), 0)  # shards in flight per live actor
+        load = dict.fromkeys(self._live(), 0)  # shards in flight per live actor
         pending: dict = {}  # ref -> (shard, actor index)
-        probing: dict = {}  # ref of a readiness probe -> actor index
         results: dict[int, object] = {}
         received = 0
         while len(results) < self.shards:
@@ -240,42 +343,52 @@ class RayStep:
                     sent += len(pickle.dumps(args)) + 28  # + the object reference's id
                     pending[ref] = (shard, i)
                     load[i] += 1
-            if not pending and not probing:
+            if not pending and not self.probes:
                 raise WorkersLost(
-                    f"all {len(self.actors)} Ray workers are gone (killed or crashed, and"
-                    f" restarts exhausted) during generation {generation}"
+                    f"no Ray worker left during generation {generation}: all"
+                    f" {len(self.actors)} are gone (killed, crashed or their node lost, and"
+                    " restarts exhausted)"
                 )
-            ready, _ = ray.wait(list(pending) + list(probing), num_returns=1)
-            for ref in ready:
-                if ref in probing:
-                    i = probing.pop(ref)
-                    try:
-                        ray.get(ref)
-                        load[i] = 0  # restarted and warm again
-                    except ray.exceptions.ActorUnavailableError:
-                        probing[self.actors[i].ready.remote()] = i
-                    except ray.exceptions.RayActorError:
-                        pass  # dead for good
-                    continue
-                shard, i = pending.pop(ref)
+            ready, _ = ray.wait(list(pending) + list(self.probes), num_returns=1, timeout=POLL_S)
+            if not ready:  # nothing back for POLL_S: are the actors' nodes still there?
+                self._check_nodes(generation, pending, queue, load)
+                continue
+            ref = ready[0]
+            if ref in self.probes:
+                i = self.probes.pop(ref)
                 try:
-                    values = ray.get(ref)
-                except ray.exceptions.RayActorError:
-                    queue.appendleft(shard)
-                    self.restarts += 1
-                    if i in load:  # first lost shard of this actor: probe its restart
-                        del load[i]
-                        probing[self.actors[i].ready.remote()] = i
+                    info = ray.get(ref)
+                except ray.exceptions.ActorUnavailableError:
+                    self.probes[self.actors[i].ready.remote()] = i
                     continue
-                except ray.exceptions.RayTaskError as err:
-                    cause = getattr(err, "cause", None)
-                    if isinstance(cause, BackendError):  # e.g. MemberError: one clear line
-                        raise cause from None
-                    raise
-                results[shard] = values
-                received += sum(np.asarray(x).nbytes for x in jax.tree.leaves(values))
-                if i in load:
-                    load[i] -= 1
+                except ray.exceptions.RayActorError:
+                    self._lose(i, "dead", pending, queue, load)  # dead for good
+                    continue
+                self.nodes[i] = info.get("node")
+                self.lost.pop(i, None)
+                self.joining.pop(i, None)
+                load[i] = 0  # restarted (or new) and warm
+                continue
+            shard, i = pending.pop(ref)
+            try:
+                values = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                queue.appendleft(shard)
+                self.restarts += 1
+                if i in load:  # first lost shard of this actor: probe its restart
+                    del load[i]
+                    self.lost[i] = time.monotonic()
+                    self.probes[self.actors[i].ready.remote()] = i
+                continue
+            except ray.exceptions.RayTaskError as err:
+                cause = getattr(err, "cause", None)
+                if isinstance(cause, BackendError):  # e.g. MemberError: one clear line
+                    raise cause from None
+                raise
+            results[shard] = values
+            received += sum(np.asarray(x).nbytes for x in jax.tree.leaves(values))
+            if i in load:
+                load[i] -= 1
         self.stats.append(
             {
                 "generation": int(generation),
@@ -367,6 +480,8 @@ def open_experiment_step(exp, warn=None):
             "max_restarts": rc.max_restarts,
             "startup_timeout_s": rc.startup_timeout_s,
             "compilation_cache": rc.compilation_cache,
+            "grow": rc.workers is None,  # a fixed number of workers stays fixed
+            "warn": warn,
         }
         with _running(ray, factory, None, res, options) as step:
             yield step
