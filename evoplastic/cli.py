@@ -109,8 +109,13 @@ class _Bar(_Plain):
 def _reporter(quiet: bool):
     from .trainer import Reporter
 
-    if quiet:
-        return Reporter()
+    if quiet:  # no progress, but warnings still reach stderr
+
+        class Quiet(Reporter):
+            def warn(self, message):
+                click.echo(f"warning: {message}", err=True)
+
+        return Quiet()
     return _Bar() if sys.stdout.isatty() else _Plain()
 
 

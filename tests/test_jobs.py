@@ -72,8 +72,8 @@ def ray_head(ray_home):
         yield address
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
+        try:  # a few seconds to stop cleanly, then the whole group
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()

@@ -125,7 +125,9 @@ def test_losing_every_worker_stops_with_a_checkpoint_and_resumes_locally(ray_ins
                 for info in step.info:
                     os.kill(info["pid"], signal.SIGKILL)
 
-        with pytest.raises(backends.WorkersLost, match="no Ray worker left during generation .*: all 2 are gone"):
+        with pytest.raises(
+            backends.WorkersLost, match="no Ray worker left during generation .*: all 2 are gone"
+        ):
             _train(exp, run_dir, step=step, on_generation=kill_all)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-00000002.npz"]
     _train(exp, run_dir, resume=True)  # on the local backend

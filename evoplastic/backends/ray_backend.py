@@ -304,7 +304,7 @@ class RayStep:
             for i in on_node:
                 self._lose(i, "node", pending, queue, load)
             self.warn(
-                f"lost Ray node {node[:12]} during generation {generation}: worker(s)"
+                f"Ray node {node[:12]} lost during generation {generation}: worker(s)"
                 f" {', '.join(map(str, on_node))} gone, their shards re-run;"
                 f" {len(self._live())} worker(s) left"
             )
@@ -334,6 +334,7 @@ class RayStep:
         pending: dict = {}  # ref -> (shard, actor index)
         results: dict[int, object] = {}
         received = 0
+        checked = time.monotonic()
         while len(results) < self.shards:
             for i in sorted(load, key=load.get):
                 while queue and load[i] < IN_FLIGHT:
@@ -350,10 +351,16 @@ class RayStep:
                     " restarts exhausted)"
                 )
             ready, _ = ray.wait(list(pending) + list(self.probes), num_returns=1, timeout=POLL_S)
-            if not ready:  # nothing back for POLL_S: are the actors' nodes still there?
+            if not ready or time.monotonic() - checked > POLL_S:
+                # nothing back for POLL_S, or POLL_S since the last look: are the actors'
+                # nodes still there?
                 self._check_nodes(generation, pending, queue, load)
+                checked = time.monotonic()
+            if not ready:
                 continue
             ref = ready[0]
+            if ref not in pending and ref not in self.probes:
+                continue  # its actor was given up just now, its shard queued again
             if ref in self.probes:
                 i = self.probes.pop(ref)
                 try:
@@ -379,6 +386,12 @@ class RayStep:
                     del load[i]
                     self.lost[i] = time.monotonic()
                     self.probes[self.actors[i].ready.remote()] = i
+                    node = (self.nodes[i] or "?")[:12]
+                    self.warn(
+                        f"Ray worker {i} (node {node}) lost during generation {generation}; its"
+                        f" shards re-run on the others ({len(self._live())} left) while Ray"
+                        " restarts it"
+                    )
                 continue
             except ray.exceptions.RayTaskError as err:
                 cause = getattr(err, "cause", None)
