@@ -16,6 +16,7 @@ import pytest
 from evoplastic import backends, build, config, meta
 from evoplastic.backends import ray_backend
 from evoplastic.backends.sharded import Pieces
+from evoplastic.experiment import config_pieces
 from evoplastic.trainer import read_metrics, train
 
 from .conftest import run_cli, small_config, start_local_ray
@@ -125,7 +126,9 @@ def test_losing_every_worker_stops_with_a_checkpoint_and_resumes_locally(ray_ins
                 for info in step.info:
                     os.kill(info["pid"], signal.SIGKILL)
 
-        with pytest.raises(backends.WorkersLost, match="no Ray worker left during generation .*: all 2 are gone"):
+        with pytest.raises(
+            backends.WorkersLost, match="no Ray worker left during generation .*: all 2 are gone"
+        ):
             _train(exp, run_dir, step=step, on_generation=kill_all)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-00000002.npz"]
     _train(exp, run_dir, resume=True)  # on the local backend
@@ -204,7 +207,7 @@ class _FailingFactory:
             f.write(str(calls))
         if calls in self.fail:
             raise RuntimeError("worker process lost while starting")
-        return backends.sharded.config_pieces(self.cfg)
+        return config_pieces(self.cfg)
 
 
 def test_a_worker_that_fails_to_start_is_started_again_once(ray_instance, tmp_path):

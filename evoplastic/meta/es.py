@@ -43,6 +43,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from ..errors import MemberError
+from ..tasks.evaluation import FitnessFn
 from .base import (
     INIT_FOLD,
     OuterLoop,
@@ -53,22 +54,6 @@ from .base import (
     strong_types,
     take_shard,
 )
-
-FitnessFn = Callable[[Any, jax.Array], jax.Array]
-
-
-def task_fitness(family, rule, instances: int) -> FitnessFn:
-    """``fitness(genome, key) -> mean loss`` over ``instances`` meta-train instances."""
-
-    def fitness(genome, key):
-        def one(j):
-            k = jax.random.fold_in(key, j)
-            loss, _ = family.inner_loop(rule, genome, family.sample(k, "train"), k)
-            return loss
-
-        return jnp.mean(jax.vmap(one)(jnp.arange(instances)))
-
-    return fitness
 
 
 def evaluate_population(

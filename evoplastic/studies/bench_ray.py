@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from .. import backends, meta
-from ..backends.sharded import Pieces, config_pieces
+from ..backends.sharded import Pieces
+from ..experiment import config_pieces
 
 HEAVY = {
     "name": "bench-heavy",
