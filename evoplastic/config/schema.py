@@ -39,6 +39,11 @@ class NetworkConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StrategyConfig:
+    """The evolution strategy (``meta.optimizer: es``): an evosax strategy by ``name``
+    (``evoplastic list``), its population and initial search width; ``params`` are the
+    strategy's parameters, ``options`` its constructor's, and ``optimizer`` the optax
+    optimizer of gradient-style strategies (OpenAI-ES, PGPE, SNES, ...)."""
+
     name: str = "cma_es"
     population_size: int = 16
     std_init: float = 0.3
@@ -86,6 +91,10 @@ class RayConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TestConfig:
+    """Held-out tests: every ``every`` generations on ``instances`` meta-test instances (0:
+    never during training), at the end on ``final_instances``; ``variants`` are other task
+    parameters to evaluate at the end, ``{name: {param: value}}`` (e.g. ``dim_x5: {dim: 40}``)."""
+
     every: int = 25
     instances: int = 32
     final_instances: int = 100
@@ -94,6 +103,9 @@ class TestConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
+    """A checkpoint every ``every`` generations (and at the end and on interruption); the
+    newest ``keep`` are kept."""
+
     every: int = 10
     keep: int = 3
 
