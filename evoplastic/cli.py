@@ -314,17 +314,92 @@ def cli():
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (must not exist).")
 @click.option("--seed", type=int, help="Seed (overrides the config's).")
 @click.option("--quiet", is_flag=True, help="No progress and no summary.")
+@click.option("--seeds", help="Run these seeds (0-4, or 0,2,5), one run directory each.")
+@click.option(
+    "--sweep",
+    "sweeps",
+    multiple=True,
+    metavar="KEY=V1,V2",
+    help="Also sweep KEY over these values (repeatable): one run per combination.",
+)
+@click.option(
+    "--sweep-on",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where the runs of --seeds/--sweep go: one after the other here, or as Ray tasks.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the resolved config (or sweep) and exit.")
 @_backend_options
-def run(config_path, overrides, out, seed, quiet, backend, address):
+def run(
+    config_path, overrides, out, seed, quiet, seeds, sweeps, sweep_on, dry_run, backend, address
+):
     """Run the experiment in CONFIG (a YAML file), with optional KEY=VALUE overrides."""
+    if seeds or sweeps:
+        if seed is not None:
+            _fail("--seed and --seeds: give one of them")
+        return _run_sweep(config_path, overrides, out, seeds, sweeps, sweep_on, dry_run, quiet)
     cfg = _with_backend(_load_config(config_path, overrides, seed), backend, address)
     exp = _build(cfg)
+    if dry_run:
+        from .config import dump
+
+        click.echo(dump(cfg), nl=False)
+        return
     _check_cluster(cfg)
     _check_logging(cfg)
     run_dir = out or _default_run_dir(cfg.name)
     if run_dir.exists():
         _fail(f"run directory {str(run_dir)!r} already exists (choose another --out)")
     _train_and_finish(exp, run_dir, resume=False, quiet=quiet, announce=True)
+
+
+def _run_sweep(config_path, overrides, out, seeds, sweeps, sweep_on, dry_run, quiet):
+    """``run --seeds/--sweep``: every point checked first, then one run directory each."""
+    from . import sweep
+    from .config import ConfigError, load_data
+
+    try:
+        data = load_data(config_path, overrides)
+        points = sweep.grid(sweep.parse_seeds(seeds) if seeds else None, sweep.parse_sweep(sweeps))
+        cfgs = sweep.plan(data, points, lambda cfg: _build(cfg).config)
+    except ConfigError as err:
+        _fail(str(err))
+    if dry_run:
+        for p in points:
+            click.echo(p["name"])
+        click.echo(f"{len(points)} runs")
+        return
+    out = out or _default_run_dir(f"{cfgs[0].name}-sweep")
+    if out.exists():
+        _fail(f"sweep directory {str(out)!r} already exists (choose another --out)")
+    enable_compilation_cache()
+    click.echo(f"sweep of {len(points)} runs: {out}")
+
+    def run_one(point):
+        status = sweep.run_point(data, str(out), point)
+        if not quiet:
+            click.echo(f"  {point['name']}: {status}")
+        return status
+
+    if sweep_on == "ray":
+        from .backends import BackendError
+        from .backends.ray_backend import connect
+
+        try:
+            with connect(cfgs[0].ray.address):
+                done = sweep.run_points(
+                    out, config_path, points, sweep.runner_for(data, out), "ray"
+                )
+        except BackendError as err:
+            _fail(str(err))
+    else:
+        done = sweep.run_points(out, config_path, points, run_one)
+    failed = [p for p in done if p["status"] != "done"]
+    click.echo(f"{len(done) - len(failed)} of {len(done)} runs done; index: {out / sweep.INDEX}")
+    click.echo(f"report: evoplastic report {out}")
+    if failed:
+        _fail(f"{len(failed)} run(s) failed, first: {failed[0]['name']}: {failed[0]['status']}")
 
 
 def _run_dir_config(run_dir: Path):
@@ -543,23 +618,47 @@ def distill(run_dir, degree, threshold, fit_instances, heldout_instances, eval_i
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the table here.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Draw a bar chart here (PNG).")
 def report(run_dirs, out, plot):
-    """A markdown table of finished runs: mean and 95% CI over held-out instances."""
-    from .analysis import markdown_table, report_rows
+    """A markdown table of finished runs (or sweep directories): one row per run, named by its
+    directory, and one per group of seeds (mean and t-interval across seeds)."""
+    from .analysis import markdown_table, report_rows, seed_rows
     from .config import safe_load
+    from .sweep import read_index
 
-    runs = []
+    expanded = []  # (run directory, label of its group of seeds or None)
     for run_dir in run_dirs:
+        index = read_index(run_dir)
+        if index is None:
+            expanded.append((run_dir, None))
+            continue
+        for p in index["points"]:
+            if p.get("status") != "done":
+                click.echo(f"warning: {run_dir / p['dir']}: {p.get('status')}; left out", err=True)
+                continue
+            point = ",".join(f"{k}={v}" for k, v in p["overrides"].items())
+            expanded.append((run_dir / p["dir"], point or None))
+    runs = []
+    for run_dir, point in expanded:
         _run_dir_config(run_dir)
         if not (run_dir / "eval.json").is_file():
             _fail(f"{str(run_dir)!r} has no eval.json (unfinished run? `evoplastic resume` it)")
+        data = safe_load((run_dir / "config.yaml").read_text())
+        rest = {k: v for k, v in data.items() if k != "seed"}
         runs.append(
             {
                 "dir": run_dir,
-                "config": safe_load((run_dir / "config.yaml").read_text()),
+                "label": run_dir.name,
+                "group": f"{data['name']} {point}" if point else data["name"],
+                "group_key": json.dumps(rest, sort_keys=True, default=str),
+                "config": data,
                 "eval": json.loads((run_dir / "eval.json").read_text()),
             }
         )
+    names = [r["label"] for r in runs]
+    for r in runs:  # two directories of the same name: tell them apart by their parent
+        if names.count(r["label"]) > 1:
+            r["label"] = f"{r['dir'].parent.name}/{r['label']}"
     rows = report_rows(runs)
+    rows += seed_rows(rows)
     table = markdown_table(rows)
     click.echo(table, nl=False)
     if out:

@@ -8,22 +8,26 @@ to evolve.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Any
 
 import jax
 import jax.flatten_util
+import yaml
 
 from . import meta, rules, tasks
 from .backends.local import GenerationStep
-from .config import Config, ConfigError
+from .backends.sharded import Pieces
+from .config import Config, ConfigError, dump, parse
 from .meta import selection
 from .meta.base import OuterLoop
-from .meta.es import EvolutionStrategy, task_fitness
+from .meta.es import EvolutionStrategy
 from .meta.gradient import GradientMeta
 from .meta.gradient import make_optimizer as make_gradient_optimizer
 from .meta.truncated import TruncatedES
 from .tasks import custom
+from .tasks.evaluation import task_fitness
 
 
 class InvalidFitness(ConfigError, custom.FitnessError):
@@ -95,6 +99,14 @@ class Experiment:
         outer = dataclasses.replace(self.outer, shard_size=shard_size)
         return dataclasses.replace(self, config=config, outer=outer)
 
+    def pieces_factory(self):
+        """``factory(shared) -> Pieces``, picklable: how a worker process rebuilds this
+        experiment's generation step. A portable experiment travels as its config (a plain
+        mapping; the worker builds it again), any other as its outer loop, pickled."""
+        if self.portable:
+            return functools.partial(config_pieces, yaml.safe_load(dump(self.config)))
+        return functools.partial(outer_pieces, self.outer)
+
     def with_outer(self, outer: OuterLoop) -> Experiment:
         """The same experiment with another outer loop (no longer rebuilt from its config)."""
         return dataclasses.replace(self, outer=outer, portable=False)
@@ -108,6 +120,20 @@ def _fitness(family, rule, instances: int):
 
 
 NEEDS_LAYERS = ("abcd", "static")  # rules whose genome follows the network's layers
+
+
+def config_pieces(config: dict, shared=None) -> Pieces:
+    """The pieces of the experiment described by ``config`` (a mapping, as in YAML).
+
+    ``shared`` is unused: a config's task family generates its data from keys.
+    """
+    exp = build(parse(config))
+    return Pieces(step=exp.generation_step(), init_state=exp.init_state)
+
+
+def outer_pieces(outer, shared=None) -> Pieces:
+    """The pieces of an outer loop shipped as an object (``shared`` is unused)."""
+    return Pieces(step=GenerationStep(outer), init_state=outer.init)
 
 
 def build(cfg: Config, family=None, rule: rules.Rule | None = None, check: bool = True):

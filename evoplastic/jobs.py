@@ -117,11 +117,9 @@ def parse_env(env: str) -> str:
 
 def runtime_env(project: Path, env: str = "pip") -> tuple[dict, str]:
     """The job's Ray runtime environment for ``--env`` and the banner that describes it."""
-    from . import __file__ as package_init
-
     env = parse_env(env)
     spec: dict = {"working_dir": str(project), "excludes": EXCLUDES}
-    package = Path(package_init).parent
+    package = Path(__file__).parent
     if env != "cluster" and not (project / "evoplastic" / "__init__.py").is_file():
         spec["py_modules"] = [str(package)]  # the project holds configs only: ship the package
     if env in ("pip", "uv"):

@@ -53,15 +53,13 @@ def collect(argv: list[str] | None = None) -> dict:
     """The provenance of a run started now, in this process."""
     import jax
 
-    from . import __file__ as package_init
-
     device = jax.devices()[0]
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": list(sys.argv if argv is None else argv),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
-        "git": _git(Path(package_init).parent),
+        "git": _git(Path(__file__).parent),
         "device": {"platform": device.platform, "kind": device.device_kind},
     }
 

@@ -19,7 +19,6 @@ metrics as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ import numpy as np
 
 from . import checkpoint, provenance
 from .backends import BackendError, make_genome_evaluator
-from .config import dump, experiment_dump
+from .config import config_digest, dump
 from .experiment import Experiment
 from .loggers import open_loggers
 from .tasks import test_instance_keys
@@ -93,15 +92,6 @@ def _scalar(x) -> float | int | None:
     if np.issubdtype(x.dtype, np.integer):
         return int(x)
     return float(x) if np.isfinite(x) else None
-
-
-def config_digest(cfg) -> str:
-    """A short hash of what the run computes; checkpoints record it, resume checks it.
-
-    Where the run executes (``backend`` and the ``ray`` section) is left out, so a run can
-    be resumed on either backend.
-    """
-    return hashlib.sha256(experiment_dump(cfg).encode()).hexdigest()[:16]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -242,7 +242,7 @@ def test_config_task_by_import_path_runs(tmp_path):
         "target": 1.0,
         "genome": 3,
     }
-    cfg = config.parse(config.yaml.safe_load(config.dump(cfg)))  # the resolved config reloads
+    cfg = config.parse(config.safe_load(config.dump(cfg)))  # the resolved config reloads
     summary = ep.run(cfg, tmp_path / "run")
     genome = np.asarray(summary["rule"]["genome_flat"])
     assert np.sum((genome - 1.0) ** 2) < 3.0 * 0.5  # better than the start (loss 3)

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from evoplastic import build, config
 from evoplastic.config import ConfigError
@@ -188,7 +189,7 @@ def test_cli_nested_errors_are_one_line_exit_2_nothing_written(override, message
     from .conftest import run_cli
 
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(config.yaml.safe_dump(small_config(meta={"optimizer": "gradient"})))
+    cfg.write_text(yaml.safe_dump(small_config(meta={"optimizer": "gradient"})))
     out = run_cli("run", cfg, override, "--out", tmp_path / "run", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == message
     assert not (tmp_path / "run").exists()

@@ -7,8 +7,10 @@ runs check the real command.
 """
 
 import copy
+import dataclasses
 import os
 import tempfile
+import typing
 
 import pytest
 import yaml
@@ -37,16 +39,16 @@ values = st.recursive(
     max_leaves=6,
 )
 
-SECTIONS = {f.name: f for f in config.dataclasses.fields(config.Config)}  # the top-level keys
+SECTIONS = {f.name: f for f in dataclasses.fields(config.Config)}  # the top-level keys
 
 
 def _keys(section: str) -> list[str]:
     """The valid keys of a section (some of them, for the dict sections)."""
     if section in ("task", "rule"):
         return ["name", "dim", "steps", "noise_eig_max", "terms", "genome", "scale_min"]
-    tp = config.typing.get_type_hints(config.Config).get(section)
-    if tp is not None and config.dataclasses.is_dataclass(tp):
-        return [f.name for f in config.dataclasses.fields(tp)]
+    tp = typing.get_type_hints(config.Config).get(section)
+    if tp is not None and dataclasses.is_dataclass(tp):
+        return [f.name for f in dataclasses.fields(tp)]
     return []
 
 

@@ -168,6 +168,30 @@ def test_cli_reference_documents_every_command():
                     assert opt in text, (name, opt)
 
 
+def test_config_reference_documents_every_field():
+    import dataclasses
+    import typing
+
+    from evoplastic.config import Config
+
+    spec = importlib.util.spec_from_file_location(
+        "config_reference", DOCS / "hooks/config_reference.py"
+    )
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = (DOCS / "config.md").read_text()
+    assert hook.MARKER in page
+    text = hook.on_page_markdown(page, None, None, None)
+    paths = [path for path, _ in hook.sections()]
+    assert {"strategy", "meta.gradient", "ray", "evaluation", "test"} <= set(paths)
+    for path, cls in hook.sections():
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in text, (path, f.name)
+    hints = typing.get_type_hints(Config)
+    assert "| `population_size` | int | `16` |" in text  # a field with its type and default
+    assert dataclasses.is_dataclass(hints["meta"])
+
+
 def _nav_pages(items) -> list[str]:
     out = []
     for item in items:

@@ -16,6 +16,7 @@ import pytest
 from evoplastic import backends, build, config, meta
 from evoplastic.backends import ray_backend
 from evoplastic.backends.sharded import Pieces
+from evoplastic.experiment import config_pieces
 from evoplastic.trainer import read_metrics, train
 
 from .conftest import run_cli, small_config, start_local_ray
@@ -206,7 +207,7 @@ class _FailingFactory:
             f.write(str(calls))
         if calls in self.fail:
             raise RuntimeError("worker process lost while starting")
-        return backends.sharded.config_pieces(self.cfg)
+        return config_pieces(self.cfg)
 
 
 def test_a_worker_that_fails_to_start_is_started_again_once(ray_instance, tmp_path):

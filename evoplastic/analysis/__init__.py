@@ -13,6 +13,7 @@ from .report import (
     markdown_table,
     report_rows,
     rule_summary,
+    seed_rows,
     summarize,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "evaluate_final",
     "markdown_table",
     "report_rows",
+    "seed_rows",
     "rule_summary",
     "summarize",
 ]

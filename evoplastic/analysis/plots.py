@@ -7,6 +7,7 @@ The data behind each figure comes from a pure function that the tests check
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..rules.base import Signals  # noqa: E402
 from .trace import Trace, record_inner_loop, typical_values  # noqa: E402
@@ -23,6 +27,12 @@ from .trace import Trace, record_inner_loop, typical_values  # noqa: E402
 GRID = 41  # heat-map resolution (points per axis)
 TRAJECTORY_SYNAPSES = 8  # weights drawn per layer
 MAX_PANELS = 4  # layers drawn
+
+
+def _suptitle(fig, text: str) -> None:
+    """A figure title wrapped to the figure's width, so that it is never cut at the sides."""
+    chars = max(20, int(fig.get_figwidth() * 10))  # about 10 characters per inch at 10 pt
+    fig.suptitle(textwrap.fill(text, chars), fontsize=10)
 
 
 def learning_curve(records: list[dict], path: Path, title: str = "") -> Path:
@@ -43,6 +53,7 @@ def learning_curve(records: list[dict], path: Path, title: str = "") -> Path:
     finite = [v for r in records for k in ("best_loss", "mean_loss") if (v := r.get(k)) is not None]
     ax.set_yscale("log" if finite and min(finite) > 0 else "symlog")
     ax.set_xlabel("generation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no fractional generations
     ax.set_ylabel("loss")
     ax.set_title(title or "learning curve")
     ax.grid(alpha=0.3)
@@ -90,12 +101,20 @@ def report_bars(rows: list[dict], path: Path) -> Path:
                 if r.get("evolved"):
                     ax.bar(i, r["mean"], yerr=r["ci95"] or 0.0, color="C0", capsize=4)
                 else:
-                    ax.plot(i, r["mean"], "_", color="k", ms=14)
+                    ax.plot(i, r["mean"], "_", color="k", ms=14, mew=2)
         labels = [f"{run}\n{variant}" for run, variant in groups]
         rotation = 20 if len(groups) <= 8 else 60
         ax.set_xticks(range(len(groups)), labels, rotation=rotation, ha="right", fontsize=7)
         ax.set_ylabel(metric)
-    axes[0].set_title("held-out mean (bars: evolved rule ± 95% CI; marks: baselines)")
+        ax.legend(
+            handles=[
+                Patch(color="C0", label="evolved rule (mean ± 95% CI)"),
+                Line2D([], [], color="k", marker="_", ls="", ms=14, mew=2, label="baselines"),
+            ],
+            fontsize=7,
+            loc="best",
+        )
+    axes[0].set_title("held-out mean per run (bars) and baselines (marks)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -193,7 +212,7 @@ def rule_heatmap(rule, genome, trace: Trace, path: Path, grid: int = GRID) -> Pa
         )
         ax.set_xlabel("pre")
         ax.set_ylabel("post")
-    fig.suptitle(f"{rule.name} rule: dw over pre x post (synapse mean; w, err, mod at medians)")
+    _suptitle(fig, f"{rule.name} rule: dw over pre x post (synapse mean; w, err, mod at medians)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -224,7 +243,7 @@ def weight_trajectories(trace: Trace, path: Path, synapses: int = TRAJECTORY_SYN
         ax.grid(alpha=0.3)
         if len(index) <= 8:
             ax.legend(fontsize=6)
-    fig.suptitle(f"weights over the inner loop (held-out instance; loss {trace.loss:.4g})")
+    _suptitle(fig, f"weights over the inner loop (held-out instance; loss {trace.loss:.4g})")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

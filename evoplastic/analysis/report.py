@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -45,16 +46,79 @@ def _baseline_family(exp, overrides: dict):
     return tasks.make(exp.config.task["name"], network=net, **params)
 
 
+BOOTSTRAP_SEED = 2718  # the resamples of the IQM interval: the same for every run
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def iqm(values) -> float:
+    """The interquartile mean: the mean of the middle 50% of the values (rliable's
+    aggregate; Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice")."""
+    v = np.sort(np.asarray(values, np.float64).ravel())
+    n = v.size
+    if n == 0:
+        return math.nan
+    lo, hi = int(np.floor(0.25 * n)), int(np.ceil(0.75 * n))
+    return float(v[lo:hi].mean()) if hi > lo else float(np.median(v))
+
+
+def iqm_interval(values, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the IQM (fixed resampling seed)."""
+    v = np.asarray(values, np.float64).ravel()
+    if v.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    samples = np.sort(v[rng.integers(0, v.size, size=(resamples, v.size))], axis=1)
+    lo, hi = int(np.floor(0.25 * v.size)), int(np.ceil(0.75 * v.size))
+    stats = samples[:, lo:hi].mean(axis=1)
+    return float(np.quantile(stats, 0.025)), float(np.quantile(stats, 0.975))
+
+
 def summarize(values) -> dict[str, float]:
-    """Mean, 95% interval of the mean, median and count over the finite values."""
+    """Over the finite values: mean with the 95% interval of the mean (mean ± ``ci95``),
+    median, and the interquartile mean with a bootstrap 95% interval (``iqm``, ``iqm_lo``,
+    ``iqm_hi``), which heavy-tailed losses call for; and the counts."""
     v = np.asarray(values, np.float64).ravel()
     finite = v[np.isfinite(v)]
     n = finite.size
     out = {"n": int(v.size), "nonfinite": int(v.size - n)}
     if n == 0:
-        return out | {"mean": math.nan, "median": math.nan, "ci95": math.nan}
+        nan = math.nan
+        return out | {
+            "mean": nan,
+            "median": nan,
+            "ci95": nan,
+            "iqm": nan,
+            "iqm_lo": nan,
+            "iqm_hi": nan,
+        }
     half = 1.96 * finite.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
-    return out | {"mean": float(finite.mean()), "median": float(np.median(finite)), "ci95": half}
+    lo, hi = iqm_interval(finite)
+    return out | {
+        "mean": float(finite.mean()),
+        "median": float(np.median(finite)),
+        "ci95": half,
+        "iqm": iqm(finite),
+        "iqm_lo": lo,
+        "iqm_hi": hi,
+    }
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def seed_interval(values) -> tuple[float, float]:
+    """Mean across seeds and the half-width of its 95% t-interval (NaN for one seed)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), math.nan
+    half = t_quantile_975(v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return float(v.mean()), float(half)
 
 
 def cosine(a, b) -> float:
@@ -175,7 +239,11 @@ def report_rows(runs: list[dict]) -> list[dict]:
                 s = metrics[metric]
                 rows.append(
                     {
-                        "run": cfg["name"],
+                        "run": run.get("label") or Path(run["dir"]).name,
+                        "name": cfg["name"],
+                        "seed": cfg.get("seed"),
+                        "group": run.get("group"),
+                        "group_key": run.get("group_key"),
                         "dir": str(run["dir"]),
                         "task": task,
                         "variant": variant,
@@ -187,6 +255,9 @@ def report_rows(runs: list[dict]) -> list[dict]:
                         "ci95": s.get("ci95"),
                         "median": s.get("median"),
                         "n": s.get("n"),
+                        "iqm": s.get("iqm"),
+                        "iqm_lo": s.get("iqm_lo"),
+                        "iqm_hi": s.get("iqm_hi"),
                         "lr": metrics.get("lr", {}).get("mean"),
                         "loss": metrics.get("loss", {}).get("mean"),
                         "diverged": metrics.get("loss", {}).get("nonfinite", 0),
@@ -195,15 +266,63 @@ def report_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def seed_rows(rows: list[dict]) -> list[dict]:
+    """One aggregate row per group of runs that differ only in their seed (``group``; by
+    default the config name) and per task variant and rule: the mean across seeds of each
+    run's held-out mean, with a 95% t-interval across seeds (``n`` is the number of seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        group = r.get("group") or r["name"]
+        key = (r.get("group_key") or group, group, r["task"], r["variant"], r["rule"], r["metric"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (_, group, task, variant, rule, metric), members in groups.items():
+        if len({m["run"] for m in members}) < 2:
+            continue
+        mean, half = seed_interval([m["mean"] for m in members])
+        iqm_mean, _ = seed_interval([m.get("iqm") for m in members])
+        out.append(
+            {
+                "run": f"{group} (seeds {', '.join(str(m['seed']) for m in members)})",
+                "name": group,
+                "task": task,
+                "variant": variant,
+                "rule": rule,
+                "evolved": members[0]["evolved"],
+                "metric": metric,
+                "mean": mean,
+                "ci95": half,
+                "median": seed_interval([m["median"] for m in members])[0],
+                "iqm": iqm_mean,
+                "iqm_lo": None,
+                "iqm_hi": None,
+                "n": len(members),
+                "lr": None,
+                "loss": seed_interval([m["loss"] for m in members])[0],
+                "diverged": sum(m["diverged"] or 0 for m in members),
+                "aggregate": True,
+            }
+        )
+    return out
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """A markdown table: mean and 95% interval of the mean over held-out instances."""
-    head = "| run | task | variant | rule | metric | mean ± 95% CI | median | loss (mean) | n |"
-    lines = [head + " diverged |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """A markdown table: per run, the mean with its 95% interval over held-out instances, the
+    median and the IQM with its bootstrap interval; per group of seeds (``aggregate``), the
+    mean across seeds with its 95% t-interval (``n`` seeds)."""
+    head = "| run | task | variant | rule | metric | mean ± 95% CI | median | IQM [95% CI] |"
+    lines = [head + " loss (mean) | n | diverged |", "|---" * 11 + "|"]
     for r in rows:
         rule = r["rule"] + (f", lr {r['lr']:.3g}" if r.get("lr") else "")
+        iqm_ci = (
+            f" [{_fmt(r['iqm_lo'], 3)}, {_fmt(r['iqm_hi'], 3)}]"
+            if r.get("iqm_lo") is not None
+            else ""
+        )
+        run = f"**{r['run']}**" if r.get("aggregate") else r["run"]
         lines.append(
-            f"| {r['run']} | {r['task']} | {r['variant']} | {rule} | {r['metric']}"
+            f"| {run} | {r['task']} | {r['variant']} | {rule} | {r['metric']}"
             f" | {_fmt(r['mean'])} ± {_fmt(r['ci95'], 2)} | {_fmt(r['median'])}"
-            f" | {_fmt(r['loss'])} | {r['n']} | {r['diverged']} |"
+            f" | {_fmt(r.get('iqm'))}{iqm_ci} | {_fmt(r['loss'])} | {r['n']} | {r['diverged']} |"
         )
     return "\n".join(lines) + "\n"

@@ -20,14 +20,8 @@ from ..meta.base import (
     shard_layout,
     strong_types,
 )
-from ..meta.es import (
-    EvolutionStrategy,
-    FitnessFn,
-    checked_fitness,
-    evaluate_population,
-    task_fitness,
-)
-from ..tasks.base import test_instance_keys
+from ..meta.es import EvolutionStrategy, checked_fitness, evaluate_population
+from ..tasks.evaluation import FitnessFn, evaluate_genome, make_genome_evaluator, task_fitness
 
 __all__ = [
     "FitnessFn",
@@ -115,23 +109,3 @@ def make_generation_step(
             checks=checks,
         )
     )
-
-
-def make_genome_evaluator(family, rule):
-    """``evaluate(genome, keys) -> (loss[N], metrics[N])`` on meta-test instances, jitted."""
-
-    @jax.jit
-    def evaluate(genome, keys):
-        def one(k):
-            return family.inner_loop(rule, genome, family.sample(k, "test"), k)
-
-        return jax.vmap(one)(keys)
-
-    return evaluate
-
-
-def evaluate_genome(family, rule, genome, instances: int, evaluator=None):
-    """Loss and task metrics of ``genome`` on the first ``instances`` held-out instances."""
-    evaluator = evaluator or make_genome_evaluator(family, rule)
-    loss, metrics = evaluator(genome, test_instance_keys(instances))
-    return {"loss": loss, **metrics}

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import os
 import pickle
 import socket
@@ -50,7 +49,7 @@ import jax
 import numpy as np
 
 from .errors import BackendError, WorkersLost
-from .sharded import Pieces, ShardEvaluator, config_pieces, outer_pieces, sharded_step
+from .sharded import Pieces, ShardEvaluator, sharded_step
 
 IN_FLIGHT = 2  # shards queued on one actor at a time
 POLL_S = 1.0  # longest wait for a shard before the driver checks the actors' nodes
@@ -468,10 +467,6 @@ def open_experiment_step(exp, warn=None):
     into ``shards_per_worker`` shards per actor, and ``warn`` is told that a local run
     reproduces the result only with that shard size set.
     """
-    import yaml
-
-    from ..config import dump
-
     cfg = exp.config
     rc = cfg.ray
     with connect(rc.address) as ray:
@@ -485,10 +480,7 @@ def open_experiment_step(exp, warn=None):
                     f"evaluation.shard_size is not set; the Ray backend uses {size}. Set it"
                     " in the config to get the same bits on every backend and worker count"
                 )
-        if exp.portable:
-            factory = functools.partial(config_pieces, yaml.safe_load(dump(cfg)))
-        else:
-            factory = functools.partial(outer_pieces, exp.outer)
+        factory = exp.pieces_factory()
         options = {
             "max_restarts": rc.max_restarts,
             "startup_timeout_s": rc.startup_timeout_s,

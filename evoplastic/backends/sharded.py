@@ -5,9 +5,9 @@ holds the pieces a worker process (or a test, in process) needs:
 
 * :class:`Pieces` -- the run's :class:`~evoplastic.backends.local.GenerationStep` (of any
   outer loop) and its initial state (for warming up the compiled functions);
-* :func:`config_pieces` -- the pieces of a config, built from a plain mapping so that it
-  travels cheaply to a worker, which rebuilds the experiment itself; :func:`outer_pieces`
-  -- the pieces of an outer loop shipped whole (a Python task object, say);
+  (an experiment's :meth:`~evoplastic.experiment.Experiment.pieces_factory` makes them: from
+  its config, which travels cheaply to a worker that rebuilds the experiment, or from its
+  outer loop shipped whole);
 * :class:`ShardEvaluator` -- ``evaluate(state, run_key, generation, shard) -> result``.
   It re-derives the generation's work with the same ``ask`` as the driver (the
   common-random-numbers trick of Salimans et al. 2017, "Evolution Strategies as a
@@ -31,8 +31,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from ..config import parse
-from ..experiment import build
 from .local import GenerationStep, stack_results
 
 
@@ -48,20 +46,6 @@ class Pieces:
 
     step: GenerationStep
     init_state: Callable
-
-
-def config_pieces(config: dict, shared=None) -> Pieces:
-    """The pieces of the experiment described by ``config`` (a mapping, as in YAML).
-
-    ``shared`` is unused: a config's task family generates its data from keys.
-    """
-    exp = build(parse(config))
-    return Pieces(step=exp.generation_step(), init_state=exp.init_state)
-
-
-def outer_pieces(outer, shared=None) -> Pieces:
-    """The pieces of an outer loop shipped as an object (``shared`` is unused)."""
-    return Pieces(step=GenerationStep(outer), init_state=outer.init)
 
 
 class ShardEvaluator:

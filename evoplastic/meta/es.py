@@ -43,6 +43,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from ..errors import MemberError
+from ..tasks.evaluation import FitnessFn
 from .base import (
     INIT_FOLD,
     OuterLoop,
@@ -53,22 +54,6 @@ from .base import (
     strong_types,
     take_shard,
 )
-
-FitnessFn = Callable[[Any, jax.Array], jax.Array]
-
-
-def task_fitness(family, rule, instances: int) -> FitnessFn:
-    """``fitness(genome, key) -> mean loss`` over ``instances`` meta-train instances."""
-
-    def fitness(genome, key):
-        def one(j):
-            k = jax.random.fold_in(key, j)
-            loss, _ = family.inner_loop(rule, genome, family.sample(k, "train"), k)
-            return loss
-
-        return jnp.mean(jax.vmap(one)(jnp.arange(instances)))
-
-    return fitness
 
 
 def evaluate_population(
@@ -137,6 +122,7 @@ class EvolutionStrategy(OuterLoop):
 
     @property
     def units(self) -> int:
+        """Members per generation (what ``shard_size`` cuts)."""
         return int(self.strategy.population_size)
 
     @property
@@ -151,6 +137,7 @@ class EvolutionStrategy(OuterLoop):
         return strong_types(self.strategy.init(k_es, mean, self.es_params))
 
     def ask(self, state, run_key, generation):
+        """The population (from the ask key) and the evaluation key of the generation."""
         k_ask, k_eval, _ = generation_keys(run_key, generation)
         population, state = self.strategy.ask(k_ask, state, self.es_params)
         work = {"population": population, "key": k_eval, "generation": generation}
@@ -166,6 +153,7 @@ class EvolutionStrategy(OuterLoop):
         )
 
     def tell(self, state, work, results, run_key, generation):
+        """Sanitize the joined raw losses, tell the strategy; fitness metrics."""
         _, _, k_tell = generation_keys(run_key, generation)
         raw = join_shards(results, self.units)
         fit, metrics = es_metrics(raw)
@@ -173,6 +161,7 @@ class EvolutionStrategy(OuterLoop):
         return strong_types(state), metrics
 
     def mean_genome(self, state):
+        """The search mean (what a run reports)."""
         return self.strategy.get_mean(state)
 
     def finish_shard(self, evaluate, work, shard):

@@ -112,6 +112,7 @@ class GradientMeta(OuterLoop):
 
     @property
     def units(self) -> int:
+        """Task instances per generation (what ``shard_size`` cuts)."""
         return self.instances
 
     def init(self, run_key: jax.Array) -> GradientState:
@@ -137,6 +138,7 @@ class GradientMeta(OuterLoop):
         return strong_types(state)
 
     def ask(self, state: GradientState, run_key, generation):
+        """The genome, the episode's key and segment, and the carried inner states."""
         key, seg = self.episodes.position(run_key, generation)
         work = {"genome": state.genome, "key": key, "segment": seg, "inner": state.inner}
         return work, state

@@ -57,6 +57,8 @@ import numpy as np
 from evosax.algorithms.distribution_based import base as _base
 from flax import struct
 
+from ..checkpoint import atomic_write
+
 FEATURES = ("centered_rank", "z_score", "normalized_loss", "top_half")
 OUTPUTS = ("recombination_logit", "step_size_utility")
 SCALARS = ("log_lr_mean", "log_path_rate", "log_damping", "log_lr_std")
@@ -264,7 +266,6 @@ def policy_bytes(policy: Policy, header: dict[str, Any] | None = None) -> bytes:
 
 def save_policy(path: str | Path, policy: Policy, header: dict[str, Any] | None = None) -> None:
     """Atomically write ``policy`` to ``path`` (see :func:`policy_bytes`)."""
-    from ..checkpoint import atomic_write
 
     atomic_write(Path(path), policy_bytes(policy, header))
 

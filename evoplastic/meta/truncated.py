@@ -88,6 +88,7 @@ class TruncatedES(OuterLoop):
 
     @property
     def units(self) -> int:
+        """Members per generation (what ``shard_size`` cuts)."""
         return int(self.strategy.population_size)
 
     @property
@@ -108,6 +109,7 @@ class TruncatedES(OuterLoop):
         return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), state)
 
     def ask(self, state: TruncatedState, run_key, generation):
+        """The population, the episode's key and segment, and the members' inner states."""
         k_ask, _, _ = generation_keys(run_key, generation)
         key, seg = self.episodes.position(run_key, generation)
         population, es = self.strategy.ask(k_ask, state.es, self.es_params)
@@ -137,6 +139,7 @@ class TruncatedES(OuterLoop):
         return {"raw": raw, "inner": inner}
 
     def tell(self, state: TruncatedState, work, results, run_key, generation):
+        """Keep the members' new states; sanitize the losses and tell the strategy."""
         _, _, k_tell = generation_keys(run_key, generation)
         raw = join_shards(results["raw"], self.units)
         inner = join_shards(results["inner"], self.units)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.report import t_quantile_975
 from ..config import Config, ConfigError, method_data, parse
 
 MANIFEST = "compare.json"
@@ -171,13 +172,6 @@ def final_eval(exp, run_dir: Path, genome, generations: int) -> dict:
 
 
 # --- reading the results ------------------------------------------------------------------
-
-
-def t_quantile_975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
 
 
 def seed_interval(values) -> dict:

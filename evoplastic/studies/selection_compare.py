@@ -63,7 +63,8 @@ class CompareConfig:
 
 def parse_config(data: Any) -> tuple[CompareConfig, list[ProblemSpec]]:
     """Validate a ``compare-selection`` mapping (ConfigError naming the field if bad)."""
-    from ..config import ConfigError, _from_dict, _positive
+    from ..config import ConfigError
+    from ..config.fields import _from_dict, _positive
 
     cfg = _from_dict(CompareConfig, data, "")
     _positive("generations", cfg.generations)

@@ -102,7 +102,8 @@ class SelectionTrainConfig:
 
 def parse_config(data: Any) -> SelectionTrainConfig:
     """Validate a ``train-selection`` mapping; :class:`~evoplastic.config.ConfigError` if bad."""
-    from ..config import ConfigError, _from_dict, _positive
+    from ..config import ConfigError
+    from ..config.fields import _from_dict, _positive
 
     cfg = _from_dict(SelectionTrainConfig, data, "")
     p, t = cfg.problems, cfg.training

@@ -18,6 +18,7 @@ from .custom import (
     is_import_path,
     make_imported,
 )
+from .evaluation import FitnessFn, evaluate_genome, make_genome_evaluator, task_fitness
 from .pca import PCAFamily, PCATask
 from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
 
@@ -41,6 +42,10 @@ def make(name: str, network: dict | None = None, **params) -> TaskFamily:
 
 
 __all__ = [
+    "FitnessFn",
+    "evaluate_genome",
+    "make_genome_evaluator",
+    "task_fitness",
     "CheckedFamily",
     "DigitsFamily",
     "FitnessError",

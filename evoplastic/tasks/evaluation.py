@@ -1,0 +1,56 @@
+"""A rule evaluated on a task family: the fitness an outer loop optimizes, and held-out scores.
+
+These functions know task families and rules only (the inner loop); every outer loop,
+backend and analysis uses them.
+
+* :func:`task_fitness` -- ``fitness(genome, key) -> mean loss`` over meta-train instances;
+* :func:`make_genome_evaluator` / :func:`evaluate_genome` -- a genome's loss and metrics on
+  held-out (meta-test) instances, the same ones for every run
+  (:func:`~evoplastic.tasks.base.test_instance_keys`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .base import test_instance_keys
+
+FitnessFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def task_fitness(family, rule, instances: int) -> FitnessFn:
+    """``fitness(genome, key) -> mean loss`` over ``instances`` meta-train instances."""
+
+    def fitness(genome, key):
+        def one(j):
+            k = jax.random.fold_in(key, j)
+            loss, _ = family.inner_loop(rule, genome, family.sample(k, "train"), k)
+            return loss
+
+        return jnp.mean(jax.vmap(one)(jnp.arange(instances)))
+
+    return fitness
+
+
+def make_genome_evaluator(family, rule):
+    """``evaluate(genome, keys) -> (loss[N], metrics[N])`` on meta-test instances, jitted."""
+
+    @jax.jit
+    def evaluate(genome, keys):
+        def one(k):
+            return family.inner_loop(rule, genome, family.sample(k, "test"), k)
+
+        return jax.vmap(one)(keys)
+
+    return evaluate
+
+
+def evaluate_genome(family, rule, genome, instances: int, evaluator=None):
+    """Loss and task metrics of ``genome`` on the first ``instances`` held-out instances."""
+    evaluator = evaluator or make_genome_evaluator(family, rule)
+    loss, metrics = evaluator(genome, test_instance_keys(instances))
+    return {"loss": loss, **metrics}

@@ -1,0 +1,105 @@
+"""Seeds and sweeps: the grid, its run directories and index, and report's seed aggregates."""
+
+import json
+import re
+
+import pytest
+
+from evoplastic import sweep
+from evoplastic.config import ConfigError
+
+from .conftest import run_cli, small_config
+
+
+def test_seeds_and_sweep_values_parse():
+    assert sweep.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert sweep.parse_seeds("3,1,2-3") == [3, 1, 2]
+    for bad in ("4-0", "a", "1-", ""):
+        with pytest.raises(ConfigError, match="--seeds"):
+            sweep.parse_seeds(bad)
+    axes = sweep.parse_sweep(
+        [
+            "strategy.name=cma_es,open_es",
+            "meta.gradient.optimizer={name: sgd, learning_rate: 1e-2},"
+            "{name: adam, learning_rate: 1}",
+        ]
+    )
+    assert axes[0] == ("strategy.name", ["cma_es", "open_es"])
+    assert axes[1][1] == [
+        {"name": "sgd", "learning_rate": 0.01},
+        {"name": "adam", "learning_rate": 1},
+    ]
+    for bad in (["strategy.name"], ["seed=1,2"], ["a=1", "a=2"]):
+        with pytest.raises(ConfigError, match="--sweep"):
+            sweep.parse_sweep(bad)
+    points = sweep.grid([0, 1], axes[:1])
+    assert [p["name"] for p in points] == [
+        "name=cma_es,seed=0",
+        "name=cma_es,seed=1",
+        "name=open_es,seed=0",
+        "name=open_es,seed=1",
+    ]
+
+
+def _mean(run_dir, metric):
+    ev = json.loads((run_dir / "eval.json").read_text())
+    return ev["trained"]["evolved"][metric]["mean"]
+
+
+def test_run_seeds_and_sweep_then_report_aggregates_over_seeds(tmp_path, write_config):
+    cfg = write_config(small_config(generations=2, test={"every": 0, "final_instances": 8}))
+    out = tmp_path / "sweep"
+    res = run_cli(
+        "run",
+        cfg,
+        "--seeds",
+        "0-1",
+        "--sweep",
+        "strategy.name=cma_es,open_es",
+        "--out",
+        out,
+        "--quiet",
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr
+    index = json.loads((out / "sweep.json").read_text())
+    assert [p["status"] for p in index["points"]] == ["done"] * 4
+    dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert dirs == sorted(p["dir"] for p in index["points"])
+    for p in index["points"]:
+        text = (out / p["dir"] / "config.yaml").read_text()
+        assert f"seed: {p['seed']}" in text and f"name: {p['overrides']['strategy.name']}" in text
+    report = run_cli("report", out)
+    assert report.returncode == 0, report.stderr
+    rows = [line for line in report.stdout.splitlines() if "| trained |" in line]
+    evolved = [r for r in rows if "| polynomial |" in r]
+    assert len(evolved) == 4 + 2  # one per run, one per strategy over its two seeds
+    aggregate = next(r for r in evolved if "name=cma_es (seeds 0, 1)" in r)
+    metric = aggregate.split("|")[5].strip()
+    shown = float(re.search(r"\| ([-\d.e+]+) ± ", aggregate).group(1))
+    runs = [out / p["dir"] for p in index["points"] if p["overrides"]["strategy.name"] == "cma_es"]
+    expected = sum(_mean(d, metric) for d in runs) / 2
+    assert shown == pytest.approx(expected, rel=1e-3)
+    assert all(f"| {p['dir']} |" in report.stdout for p in index["points"])
+
+
+def test_a_bad_point_is_one_line_and_writes_nothing(tmp_path, write_config):
+    cfg = write_config(small_config())
+    out = tmp_path / "sweep"
+    res = run_cli("run", cfg, "--sweep", "strategy.population_size=8,0", "--out", out)
+    assert res.returncode == 2 and not out.exists()
+    assert res.stderr.strip() == (
+        "error: sweep point population_size=0: strategy.population_size: must be > 0, got 0"
+    )
+    res = run_cli("run", cfg, "--seeds", "3-1", "--out", out)
+    assert res.returncode == 2 and "--seeds: empty range" in res.stderr and not out.exists()
+
+
+def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path, write_config):
+    cfg = write_config(small_config())
+    res = run_cli("run", cfg, "generations=7", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "generations: 7" in res.stdout and "population_size: 8" in res.stdout
+    res = run_cli("run", cfg, "--seeds", "0-2", "--dry-run", cwd=tmp_path)
+    assert res.stdout.splitlines()[-1] == "3 runs"
+    assert not (tmp_path / "runs").exists()
