@@ -752,13 +752,36 @@ def list_():
     multiple=True,
     help="Time only this config (repeatable): pca, hebbian, mlp_rule, control.",
 )
+@click.option(
+    "--ray-address",
+    help="With --ray: time on this Ray cluster (HOST:PORT) instead of a new local instance,"
+    " e.g. a head and a second node, whose actors then spread over both.",
+)
+@click.option(
+    "--ray-case",
+    "ray_cases",
+    multiple=True,
+    type=click.Choice(["heavy", "gradient", "dispatch", "bytes"]),
+    help="With --ray: only these measurements (repeatable; default all).",
+)
 @click.option("--population", type=click.IntRange(min=2), help="Population size, with --only.")
 @click.option(
     "--shard-size",
     type=click.IntRange(min=0),
     help="evaluation.shard_size, with --only; 0 evaluates the whole population at once.",
 )
-def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shard_size):
+def bench(
+    quick,
+    json_path,
+    memory,
+    no_scaling,
+    with_ray,
+    ray_address,
+    ray_cases,
+    only,
+    population,
+    shard_size,
+):
     """Generation time against a minimal loop, machine limits, roofline and scaling.
 
     With --only, times just the named configs (at --population, --shard-size), e.g. on a GPU:
@@ -768,6 +791,19 @@ def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shar
 
     if (population or shard_size is not None) and not only:
         _fail("bench: --population and --shard-size need --only NAME")
+    if (ray_address or ray_cases) and not with_ray:
+        _fail("bench: --ray-address and --ray-case need --ray")
+    if with_ray and ray_cases and not only:  # the Ray measurements alone
+        from .backends import BackendError
+        from .studies.bench_ray import run_ray_bench
+
+        try:
+            results = {"ray": run_ray_bench(quick, click.echo, ray_address, ray_cases)}
+        except BackendError as err:
+            _fail(str(err))
+        if json_path:
+            json_path.write_text(json.dumps(results, indent=2) + "\n")
+        return
     if only:
         try:
             results = run_only(only, population, shard_size, quick=quick, echo=click.echo)
@@ -778,7 +814,7 @@ def bench(quick, json_path, memory, no_scaling, with_ray, only, population, shar
     if with_ray:
         from .studies.bench_ray import run_ray_bench
 
-        results["ray"] = run_ray_bench(quick=quick, echo=click.echo)
+        results["ray"] = run_ray_bench(quick, click.echo, ray_address, ray_cases or None)
     if json_path:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -92,49 +92,75 @@ def gradient_case(reps: int, echo=print, config: dict | None = None) -> dict:
     return m | {"ratio_ray2_local": ratio}
 
 
-def run_ray_bench(quick: bool = False, echo=print) -> dict:
-    """Run the four measurements on a local Ray instance; returns and prints them."""
+CASES = ("heavy", "gradient", "dispatch", "bytes")
+
+
+def run_ray_bench(quick: bool = False, echo=print, address=None, cases=None) -> dict:
+    """Run the measurements (``cases``, default all four) on a new local Ray instance, or
+    on the cluster at ``address`` (a head and a second node: the actors spread over both);
+    returns and prints them."""
     from ..backends import ray_backend
 
     reps = 5 if quick else 15
+    cases = tuple(cases or CASES)
     results = {}
-    with ray_backend.connect(None):
-        heavy = functools.partial(config_pieces, HEAVY)
-        r = _compare(heavy, reps)
-        m = r["median_s"]
-        results["heavy"] = m | {"ratio_ray2_local": m["ray2"] / m["local"]}
-        echo(
-            f"heavy pca (pop 256, 8 shards): local {m['local']:.3f} s  ray 1 actor "
-            f"{m['ray1']:.3f} s  ray 2 actors {m['ray2']:.3f} s  (ray2/local "
-            f"{m['ray2'] / m['local']:.3f}, target <= 1.15)"
-        )
-        results["gradient"] = gradient_case(reps, echo)
-        empty = functools.partial(quadratic_pieces, "cma_es", 64, 8, 8)
-        r = _compare(empty, reps * 4, workers=(2,))
-        m = r["median_s"]
-        overhead = m["ray2"] - m["local"]
-        results["dispatch"] = m | {"overhead_s": overhead}
-        echo(
-            f"near-empty fitness (pop 64, 8 shards): local {m['local'] * 1e3:.2f} ms  ray 2 "
-            f"actors {m['ray2'] * 1e3:.2f} ms  dispatch overhead {overhead * 1e3:.2f} ms"
-            " (target <= 20 ms)"
-        )
-        sizes = {}
-        for population in (64, 1024):
-            factory = functools.partial(
-                quadratic_pieces, "open_es", population, 10_000, population // 8
-            )
-            with ray_backend.open_step(factory, workers=2, gpus_per_worker=0) as step:
-                _time_steps(step, factory().init_state, 2)
-                sizes[population] = step.stats[-1]
-        growth = sizes[1024]["bytes"] / sizes[64]["bytes"] - 1
-        results["bytes"] = {str(k): v for k, v in sizes.items()} | {"growth": growth}
-        echo(
-            "bytes per generation, OpenAI-ES, genome 10,000, 8 shards: "
-            + "  ".join(
-                f"pop {p}: sent {s['bytes']:,} B, fitness back {s['bytes_back']:,} B"
-                for p, s in sizes.items()
-            )
-            + f"  (sent grows {growth * 100:+.2f}%, target within 10%)"
-        )
+    with ray_backend.connect(address) as ray:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        echo(f"Ray: {len(nodes)} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs")
+        results["nodes"] = len(nodes)
+        if "heavy" in cases:
+            results["heavy"] = _heavy_case(reps, echo)
+        if "gradient" in cases:
+            results["gradient"] = gradient_case(reps, echo)
+        if "dispatch" in cases:
+            results["dispatch"] = _dispatch_case(reps, echo)
+        if "bytes" in cases:
+            results["bytes"] = _bytes_case(echo)
     return results
+
+
+def _heavy_case(reps: int, echo) -> dict:
+    r = _compare(functools.partial(config_pieces, HEAVY), reps)
+    m = r["median_s"]
+    echo(
+        f"heavy pca (pop 256, 8 shards): local {m['local']:.3f} s  ray 1 actor "
+        f"{m['ray1']:.3f} s  ray 2 actors {m['ray2']:.3f} s  (ray2/local "
+        f"{m['ray2'] / m['local']:.3f}, target <= 1.15)"
+    )
+    return m | {"ratio_ray2_local": m["ray2"] / m["local"]}
+
+
+def _dispatch_case(reps: int, echo) -> dict:
+    empty = functools.partial(quadratic_pieces, "cma_es", 64, 8, 8)
+    r = _compare(empty, reps * 4, workers=(2,))
+    m = r["median_s"]
+    overhead = m["ray2"] - m["local"]
+    echo(
+        f"near-empty fitness (pop 64, 8 shards): local {m['local'] * 1e3:.2f} ms  ray 2 "
+        f"actors {m['ray2'] * 1e3:.2f} ms  dispatch overhead {overhead * 1e3:.2f} ms"
+        " (target <= 20 ms)"
+    )
+    return m | {"overhead_s": overhead}
+
+
+def _bytes_case(echo) -> dict:
+    from ..backends import ray_backend
+
+    sizes = {}
+    for population in (64, 1024):
+        factory = functools.partial(
+            quadratic_pieces, "open_es", population, 10_000, population // 8
+        )
+        with ray_backend.open_step(factory, workers=2, gpus_per_worker=0) as step:
+            _time_steps(step, factory().init_state, 2)
+            sizes[population] = step.stats[-1]
+    growth = sizes[1024]["bytes"] / sizes[64]["bytes"] - 1
+    echo(
+        "bytes per generation, OpenAI-ES, genome 10,000, 8 shards: "
+        + "  ".join(
+            f"pop {p}: sent {s['bytes']:,} B, fitness back {s['bytes_back']:,} B"
+            for p, s in sizes.items()
+        )
+        + f"  (sent grows {growth * 100:+.2f}%, target within 10%)"
+    )
+    return {str(k): v for k, v in sizes.items()} | {"growth": growth}
