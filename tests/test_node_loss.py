@@ -51,8 +51,8 @@ class Cluster:
         self.nodes: list[subprocess.Popen] = []
         self.tmp = tmp
 
-    def _start(self, args: list[str]) -> subprocess.Popen:
-        common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
+    def _start(self, args: list[str], cpus: int = 1) -> subprocess.Popen:
+        common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus)]
         common += ["--object-store-memory", str(150 * 2**20), "--disable-usage-stats"]
         common += ["--dashboard-agent-listen-port", str(_free_port())]
         log = open(self.tmp / f"node{len(self.nodes)}.log", "w")  # noqa: SIM115
@@ -66,8 +66,9 @@ class Cluster:
         self.nodes.append(proc)
         return proc
 
-    def start_head(self) -> None:
-        self._start(["--head", "--port", str(self.port), "--include-dashboard", "false"])
+    def start_head(self, extra: tuple[str, ...] = (), cpus: int = 1) -> None:
+        args = ["--head", "--port", str(self.port), "--include-dashboard", "false", *extra]
+        self._start(args, cpus)
         self.wait_nodes(1)
 
     def add_node(self) -> subprocess.Popen:
@@ -208,3 +209,29 @@ def test_a_node_that_joins_mid_run_gets_workers(cluster, tmp_path, local_metrics
     assert proc.returncode == 0, err[-3000:]
     assert "Ray resources for 1 more worker(s) appeared" in err, err[-3000:]
     assert _columns(run_dir) == local_metrics
+
+
+@pytest.mark.slow
+def test_two_actors_share_one_declared_gpu_with_local_metrics(cluster, tmp_path, local_metrics):
+    """``gpus_per_worker: 0.5`` on a node that declares one GPU: two actors on it, the
+    metrics those of a local run. (A declared GPU is a Ray resource only; JAX runs on the
+    CPU here. On a machine with a GPU the same run uses the device.)"""
+    cluster.start_head(("--num-gpus", "1"), cpus=2)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(json.dumps(CONFIG | {"ray": {"compilation_cache": "", "workers": 2}}))
+    run = run_cli(
+        "run",
+        cfg,
+        "--backend",
+        "ray",
+        "--address",
+        cluster.address,
+        "--out",
+        tmp_path / "run",
+        "ray.gpus_per_worker=0.5",
+        "--quiet",
+        timeout=900,
+        env={"RAY_AUTH_MODE": "disabled"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert _columns(tmp_path / "run") == local_metrics
