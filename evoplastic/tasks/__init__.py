@@ -18,6 +18,7 @@ from .custom import (
     is_import_path,
     make_imported,
 )
+from .patterns import PatternsFamily, PatternsTask
 from .pca import PCAFamily, PCATask
 from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
 
@@ -26,6 +27,7 @@ TASKS = {
     "control": ControlFamily,
     "sinusoid": SinusoidFamily,
     "digits": DigitsFamily,
+    "patterns": PatternsFamily,
 }
 
 
@@ -56,6 +58,8 @@ __all__ = [
     "TASKS",
     "TEST_SEED",
     "PCAFamily",
+    "PatternsFamily",
+    "PatternsTask",
     "PCATask",
     "SteppableTaskFamily",
     "TaskFamily",
