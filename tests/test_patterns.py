@@ -183,3 +183,13 @@ def test_lstm_baseline_trains_on_the_same_budget():
     assert 0.0 <= out["test"]["bit_accuracy"]["mean"] <= 1.0
     _, _, losses = rb.train_lstm(exp.family, completion_score, 8, 1e-2, 40, 8, 0)
     assert float(jnp.mean(losses[-5:])) < float(jnp.mean(losses[:5]))  # it learns something
+
+
+def test_lstm_baseline_command_rejects_bad_input(tmp_path, capsys):
+    assert rb.main([str(tmp_path / "missing.yaml")]) == 2
+    cfg = tmp_path / "pca.yaml"
+    cfg.write_text("task: {name: pca}\n")
+    assert rb.main([str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: task.name: the LSTM baseline needs task patterns")
+    assert not list(tmp_path.glob("*.json"))

@@ -23,7 +23,8 @@ def from_options(options: dict | None, n_in: int, n_out: int, default: str = "la
     config's ``network`` options; ``kind`` picks the class (``default``: the task's own).
 
     Layer-wise kinds (``layered``, ``recurrent``) take ``hidden`` widths; one-layer kinds
-    (``rate``, ``lif``) take the options of their class, and ``lif`` its ``lif`` mapping.
+    (``rate``, ``lif``) take the options of their class, and ``lif`` its ``lif`` mapping;
+    ``plastic_recurrent`` (the ``patterns`` task's) its ``plastic`` mapping.
 
     Raises:
       ValueError: a kind that the task cannot use, or unknown ``lif`` options.
