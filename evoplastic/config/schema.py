@@ -35,6 +35,7 @@ class NetworkConfig:
     trace_decay: float = 0.0  # the traces' decay per step, in [0, 1)
     excitatory: bool = False  # layered networks: plastic weights stay >= 0 (Dale's principle)
     lif: dict = dataclasses.field(default_factory=dict)  # lif networks: LIFNetwork options
+    plastic: dict = dataclasses.field(default_factory=dict)  # plastic_recurrent: alpha, learn_w
 
 
 @dataclasses.dataclass(frozen=True)

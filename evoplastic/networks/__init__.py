@@ -4,6 +4,7 @@ import dataclasses
 
 from .layered import FEEDBACK, MODULATION, LayeredNetwork, LayeredState
 from .lif import LIFNetwork, LIFState
+from .plastic_recurrent import PlasticRecurrentNetwork, PlasticRecurrentState
 from .rate import ACTIVATIONS, RateNetwork, RateState
 from .recurrent import RecurrentNetwork
 
@@ -12,6 +13,7 @@ NETWORKS = {
     "layered": LayeredNetwork,
     "recurrent": RecurrentNetwork,
     "lif": LIFNetwork,
+    "plastic_recurrent": PlasticRecurrentNetwork,
 }
 KINDS = ("default", *NETWORKS)
 
@@ -21,7 +23,8 @@ def from_options(options: dict | None, n_in: int, n_out: int, default: str = "la
     config's ``network`` options; ``kind`` picks the class (``default``: the task's own).
 
     Layer-wise kinds (``layered``, ``recurrent``) take ``hidden`` widths; one-layer kinds
-    (``rate``, ``lif``) take the options of their class, and ``lif`` its ``lif`` mapping.
+    (``rate``, ``lif``) take the options of their class, and ``lif`` its ``lif`` mapping;
+    ``plastic_recurrent`` (the ``patterns`` task's) its ``plastic`` mapping.
 
     Raises:
       ValueError: a kind that the task cannot use, or unknown ``lif`` options.
@@ -30,6 +33,11 @@ def from_options(options: dict | None, n_in: int, n_out: int, default: str = "la
     kind = opts.pop("kind", "default")
     kind = default if kind == "default" else kind
     lif = dict(opts.pop("lif", None) or {})
+    if "plastic_recurrent" in (kind, default):  # one population, fed input by input
+        if kind != default:
+            raise ValueError(f"network.kind: {kind!r} does not fit this task")
+        return PlasticRecurrentNetwork.from_options(opts, n_in)
+    opts.pop("plastic", None)
     if kind in ("layered", "recurrent"):
         if default not in ("layered", "recurrent"):
             raise ValueError(f"network.kind: {kind!r} does not fit this task (use rate or lif)")
@@ -60,6 +68,8 @@ __all__ = [
     "NETWORKS",
     "LIFNetwork",
     "LIFState",
+    "PlasticRecurrentNetwork",
+    "PlasticRecurrentState",
     "LayeredNetwork",
     "LayeredState",
     "RateNetwork",

@@ -16,6 +16,7 @@ from .polynomial import (
     polynomial,
     reference_genome,
 )
+from .trace import hebb_trace
 
 RULES = {
     "polynomial": polynomial,
@@ -26,6 +27,7 @@ RULES = {
     "oja": oja,
     "bcm": bcm,
     "fa": fa,
+    "hebb_trace": hebb_trace,
 }
 
 FIXED_RULES = ("hebb", "oja", "bcm", "fa")  # baselines with empty genomes
@@ -56,6 +58,7 @@ __all__ = [
     "canonical",
     "format_equation",
     "hebb",
+    "hebb_trace",
     "make",
     "oja",
     "parse_term",

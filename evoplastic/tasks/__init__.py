@@ -19,6 +19,7 @@ from .custom import (
     make_imported,
 )
 from .evaluation import FitnessFn, evaluate_genome, make_genome_evaluator, task_fitness
+from .patterns import PatternsFamily, PatternsTask
 from .pca import PCAFamily, PCATask
 from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
 
@@ -27,6 +28,7 @@ TASKS = {
     "control": ControlFamily,
     "sinusoid": SinusoidFamily,
     "digits": DigitsFamily,
+    "patterns": PatternsFamily,
 }
 
 
@@ -61,6 +63,8 @@ __all__ = [
     "TASKS",
     "TEST_SEED",
     "PCAFamily",
+    "PatternsFamily",
+    "PatternsTask",
     "PCATask",
     "SteppableTaskFamily",
     "TaskFamily",
