@@ -457,35 +457,21 @@ def eval_(run_dir, overrides, instances, as_json, which):
 
     TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension.
     """
-    import dataclasses
-
-    from .analysis import evaluate_final
-
-    cfg = _run_dir_config(run_dir)
+    from .analysis import evaluation
+    from .config import ConfigError
     from .provenance import warn_if_changed
 
+    _run_dir_config(run_dir)
     warn_if_changed(run_dir, lambda m: click.echo(f"warning: {m}", err=True))
-    task_over = []
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        task_over.append(item if key.startswith("task.") else f"task.{item}")
-    if task_over:
-        from .config import ConfigError, parse, safe_load, set_override
-
-        data = safe_load((run_dir / "config.yaml").read_text())
-        try:
-            for item in task_over:
-                set_override(data, item)
-            cfg = parse(data)
-        except ConfigError as err:
-            _fail(str(err))
-    cfg = dataclasses.replace(cfg, test=dataclasses.replace(cfg.test, variants={}))
+    try:
+        cfg, task = evaluation.config_with_task(run_dir, overrides)
+    except ConfigError as err:
+        _fail(str(err))
     exp = _build(cfg)
     genome = _run_genome(run_dir, exp)
     if which == "distilled":
         exp, genome = _distilled(run_dir, cfg, genome)
-    results = evaluate_final(exp, genome, instances)["trained"]
-    task = dict(item.split("=", 1) for item in task_over)
+    results = evaluation.evaluate_run(exp, genome, instances)
     if as_json:
         from .trainer import _json_safe
 
@@ -495,24 +481,16 @@ def eval_(run_dir, overrides, instances, as_json, which):
     from rich.console import Console
     from rich.table import Table
 
-    metrics = list(next(iter(results.values())))
     changed = ", ".join(f"{k}={v}" for k, v in task.items())
     title = f"{run_dir} on {instances} held-out instances" + (f" ({changed})" if changed else "")
     title += " (evolved: the distilled rule)" if which == "distilled" else ""
-    table = Table(title=title)
-    table.add_column("rule")
-    for m in metrics:
-        table.add_column(f"{m} mean ± 95%")
-        table.add_column(f"{m} median")
-    table.add_column("diverged")
-    for name, res in results.items():
-        row = [name]
-        for m in metrics:
-            s = res[m]
-            row += [f"{s['mean']:.4g} ± {s['ci95']:.2g}", f"{s['median']:.4g}"]
-        row.append(str(res["loss"]["nonfinite"]))
-        table.add_row(*row)
-    Console(width=160).print(table)
+    columns, rows = evaluation.table(results)
+    out = Table(title=title)
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*row)
+    Console(width=160).print(out)
 
 
 @cli.command()

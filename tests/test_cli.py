@@ -116,8 +116,9 @@ def test_run_eval_plot_end_to_end(write_config, tmp_path):
     assert proc.returncode == 2 and "task.dimm: unknown key" in proc.stderr
     proc = run_cli("report", run_dir, "--plot", tmp_path / "report.png")
     assert proc.returncode == 0, proc.stderr
-    assert "| small | pca | trained | polynomial | alignment |" in proc.stdout
-    assert "| small | pca | wide | hebb (fixed) |" in proc.stdout
+    # rows are named by the run's directory, not by the config's name
+    assert f"| {run_dir.name} | pca | trained | polynomial | alignment |" in proc.stdout
+    assert f"| {run_dir.name} | pca | wide | hebb (fixed) |" in proc.stdout
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
     proc = run_cli("report", tmp_path)
     assert proc.returncode == 2 and "not a run directory" in proc.stderr
