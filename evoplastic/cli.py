@@ -207,16 +207,15 @@ def _with_backend(cfg, backend, address):
     return cfg
 
 
-def _check_cluster(cfg):
-    """Fail early (before a run directory exists) if the Ray address does not answer."""
-    if cfg.backend == "ray" and cfg.ray.address:
-        from .backends import BackendError
-        from .backends.ray_backend import check_reachable
+def _preflight(cfg):
+    """Fail early (before anything is written) if the config's backend cannot start: Ray
+    not installed, or a Ray address that does not answer."""
+    from .backends import BackendError, preflight
 
-        try:
-            check_reachable(cfg.ray.address)
-        except BackendError as err:
-            _fail(str(err))
+    try:
+        preflight(cfg)
+    except BackendError as err:
+        _fail(str(err))
 
 
 def _check_logging(cfg):
@@ -346,7 +345,7 @@ def run(
 
         click.echo(dump(cfg), nl=False)
         return
-    _check_cluster(cfg)
+    _preflight(cfg)
     _check_logging(cfg)
     run_dir = out or _default_run_dir(cfg.name)
     if run_dir.exists():
@@ -672,6 +671,7 @@ def compare(config_paths, out, seeds, budget, report_only, quiet):
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
     except ValueError:
         _fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    from .backends import BackendError
     from .config import ConfigError, load_data
 
     out = out or _default_run_dir("compare")
@@ -684,6 +684,7 @@ def compare(config_paths, out, seeds, budget, report_only, quiet):
             _fail(str(err))
         for r in planned:
             _build(r.config)  # every config error before anything is written
+            _preflight(r.config)
         runs += planned
         entries.append(cmp.manifest_entry(data, planned))
     out.mkdir(parents=True, exist_ok=True)
@@ -692,6 +693,8 @@ def compare(config_paths, out, seeds, budget, report_only, quiet):
     _sigterm_as_interrupt()
     try:
         cmp.run_all(runs, _build, echo=echo)
+    except BackendError as err:
+        _fail(f"{err}; run the same command again to finish {out}")
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; run the same command again to finish {out}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -876,8 +879,14 @@ def compare_selection(config_path, overrides, out, json_path):
     tasks = {s.name: _load_config(s.config) for s in specs if s.config is not None}
     for task in tasks.values():
         _build(task)
+        _preflight(task)
     enable_compilation_cache()
-    results = selection_compare.compare(cfg, specs, tasks, policy, echo=click.echo)
+    from .backends import BackendError
+
+    try:
+        results = selection_compare.compare(cfg, specs, tasks, policy, echo=click.echo)
+    except BackendError as err:
+        _fail(str(err))
     table = selection_compare.markdown_table(results, cfg)
     click.echo("\n" + table, nl=False)
     from .checkpoint import atomic_write

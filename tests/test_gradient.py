@@ -199,3 +199,22 @@ def test_backprop_rediscovers_oja(tmp_path):
     assert cfg.meta.optimizer == "gradient"
     summary = ep.run(cfg, tmp_path / "run")
     _check(summary)
+
+
+def test_sharded_meta_gradient_equals_the_whole_batch():
+    """Instances in shards of 2 (the last padded): the shards' loss and gradient sums, added
+    in order and averaged, give the whole batch's mean loss and step (to float rounding);
+    the padding row is left out (counting it would shift the loss by a fifth)."""
+    sgd = {"optimizer": {"name": "sgd", "learning_rate": 1e-3}, "clip_norm": 0.0}
+    meta_section = {"optimizer": "gradient", "gradient": sgd}
+    whole = _gradient_exp(meta=meta_section, evaluation={"instances": 5})
+    sharded = _gradient_exp(meta=meta_section, evaluation={"instances": 5, "shard_size": 2})
+    assert (whole.outer.shards, sharded.outer.shards) == (1, 3)
+    run_key = jax.random.PRNGKey(0)
+    state = whole.init_state(run_key)
+    a, ma = whole.generation_step()(state, run_key, 0)
+    b, mb = sharded.generation_step()(state, run_key, 0)
+    np.testing.assert_allclose(mb["best_loss"], ma["best_loss"], rtol=1e-5)
+    np.testing.assert_allclose(mb["grad_norm"], ma["grad_norm"], rtol=1e-4)
+    np.testing.assert_allclose(b.genome, a.genome, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(b.inner.w, a.inner.w, rtol=1e-5, atol=1e-6)

@@ -189,8 +189,8 @@ def test_cli_asking_for_gpus_on_a_cpu_cluster_is_one_line(write_config, tmp_path
     proc = run_cli("run", write_config(cfg), "--out", tmp_path / "r", timeout=180)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines == [lines[-1]] and lines[-1].startswith("error: ")
-    assert "GPU(s) per worker were asked for" in lines[-1] and "Traceback" not in proc.stderr
+    assert lines[-1].startswith("error: ") and "GPU(s) per worker were asked for" in lines[-1]
+    assert "Traceback" not in proc.stderr  # (Ray's own start-up warnings may come before)
     assert not (tmp_path / "r").exists()  # the backend is built before the run directory
 
 
@@ -366,3 +366,26 @@ def test_cli_without_ray_is_one_line_and_writes_nothing(write_config, tmp_path):
         "error: backend: ray needs Ray, which is not installed (pip install 'ray[default]')"
     ]
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_compare_without_ray_is_one_line_and_writes_nothing(write_config, tmp_path):
+    """`evoplastic compare` of a backend: ray config where Ray cannot be imported: one line,
+    exit 2, and no output directory (the check comes before the manifest)."""
+    import subprocess
+    import sys
+
+    data = small_config(
+        backend="ray", time_budget_s=5, compare={"seeds": [0], "methods": {"cma": {}}}
+    )
+    path = write_config(data)
+    out = tmp_path / "cmp"
+    code = (
+        "import sys; sys.modules['ray'] = None; from evoplastic.cli import main;"
+        f" main(['compare', {str(path)!r}, '--out', {str(out)!r}])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: backend: ray needs Ray, which is not installed (pip install 'ray[default]')"
+    ]
+    assert not out.exists()

@@ -46,6 +46,24 @@ def open_step(exp, warn=None):
         yield exp.generation_step()
 
 
+def preflight(cfg) -> None:
+    """Raise :class:`BackendError` (one line) if the config's backend cannot start: Ray not
+    installed, or a cluster address that does not answer. Cheap, and starts nothing; for
+    commands that write files before the backend opens (``compare``)."""
+    if cfg.backend != "ray":
+        return
+    try:
+        import ray  # noqa: F401  (only whether it can be imported)
+    except ImportError:
+        raise BackendError(
+            "backend: ray needs Ray, which is not installed (pip install 'ray[default]')"
+        ) from None
+    if cfg.ray.address:
+        from .ray_backend import check_reachable
+
+        check_reachable(cfg.ray.address)
+
+
 __all__ = [
     "BACKENDS",
     "BackendError",
@@ -59,6 +77,7 @@ __all__ = [
     "make_genome_evaluator",
     "member_keys",
     "open_step",
+    "preflight",
     "sanitize",
     "strong_types",
     "shard_layout",

@@ -41,6 +41,8 @@ import numpy as np
 
 from ..analysis.report import t_quantile_975
 from ..config import Config, ConfigError, method_data, parse
+from ..runner import execute
+from ..trainer import Reporter, SearchDiverged, latest_genome
 
 MANIFEST = "compare.json"
 
@@ -115,8 +117,6 @@ def run_all(
     A run directory with an ``eval.json`` is finished and kept; one without is resumed
     (its training clock goes on from its last metric line).
     """
-    from ..runner import execute
-    from ..trainer import Reporter, SearchDiverged, latest_genome
 
     class _Echo(Reporter):
         def __init__(self, echo):

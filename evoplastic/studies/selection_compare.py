@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import backends
+from .. import backends, runner
+from ..experiment import build
 from ..meta import selection, strategies
+from ..trainer import SearchDiverged
 from . import selection_training as st
 
 LEARNED = "learned"
@@ -152,10 +154,6 @@ def run_task(task_cfg, name: str, seed: int, cfg: CompareConfig, policy) -> tupl
 
     The mean is over the instances whose loss is finite; diverged ones are counted.
     """
-    from .. import runner
-    from ..experiment import build
-    from ..trainer import SearchDiverged
-
     meta = task_cfg.meta
     if name in (LEARNED, UNTRAINED):
         meta = dataclasses.replace(meta, selection="learned", selection_policy=cfg.policy)
