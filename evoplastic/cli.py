@@ -542,12 +542,32 @@ def _distilled(run_dir: Path, cfg, genome):
     show_default=True,
     help="Held-out instances to score both rules on (0: skip).",
 )
-def distill(run_dir, degree, threshold, fit_instances, heldout_instances, eval_instances):
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Steps whose weight change one sample sums (1: single steps).",
+)
+@click.option(
+    "--select-instances",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="Choose the sparsity (--threshold and larger) by the equation's task loss on this"
+    " many held-out instances of its own (0: keep --threshold).",
+)
+def distill(
+    run_dir, degree, threshold, fit_instances, heldout_instances, eval_instances, window,
+    select_instances,
+):  # fmt: skip
     """Fit a run's rule with a sparse polynomial of local signals; write distilled.json.
 
-    Signals (pre, post, w, err, mod) and the rule's dw are recorded on held-out task
-    instances; the equation's R² is measured on other held-out instances than it was
-    fitted on. Evaluate the result with `evoplastic eval RUN_DIR --rule distilled`.
+    Signals (pre, post, w, err, mod) and the rule's dw are recorded in float64 on held-out
+    task instances (those on which the rule diverges are skipped); the equation is fitted
+    to what the rule did to each weight over windows of --window steps, and its R² is
+    measured on other held-out instances than it was fitted on. Evaluate the result with
+    `evoplastic eval RUN_DIR --rule distilled`.
     """
     import numpy as np
 
@@ -567,6 +587,8 @@ def distill(run_dir, degree, threshold, fit_instances, heldout_instances, eval_i
             heldout_instances=heldout_instances,
             degree=degree,
             threshold=threshold,
+            window=window,
+            select_instances=select_instances,
         )
         dexp, dgenome = dist.distilled_experiment(cfg, d, genome)
     except (dist.DistillError, ConfigError) as err:
@@ -576,10 +598,24 @@ def distill(run_dir, degree, threshold, fit_instances, heldout_instances, eval_i
     order = sorted(zip(d.importance, d.terms, strict=True), reverse=True)[:5]
     click.echo("largest terms (share of dw's RMS): " + ", ".join(f"{t} {v:.2f}" for v, t in order))
     click.echo(
-        f"R² {d.r2:.4f} on {d.samples['heldout']} held-out signal samples"
-        f" ({heldout_instances} held-out instances;"
-        f" fit on {fit_instances} others: R² {d.r2_fit:.4f})"
+        f"R² {d.r2:.4f} on {d.samples['heldout']} held-out samples (synapse x {window}-step"
+        f" window) from {heldout_instances} held-out instances;"
+        f" fit on {fit_instances} others: R² {d.r2_fit:.4f}"
     )
+    if d.selection:
+        tried = ", ".join(
+            f"{c['terms']} terms {c['loss']:.4g}"
+            if c["loss"] is not None
+            else f"{c['terms']} terms diverged"
+            for c in d.selection["candidates"]
+        )
+        click.echo(
+            f"sparsity chosen by task loss on {d.selection['instances']} instances"
+            f" (rule {d.selection['rule_loss'] or float('inf'):.4g}; {tried}):"
+            f" threshold {d.threshold}"
+        )
+    if d.instances.get("diverged"):
+        click.echo(f"skipped {d.instances['diverged']} held-out instances where the rule diverged")
     if eval_instances:
         for name, (e, g) in (("rule", (exp, genome)), ("distilled", (dexp, dgenome))):
             loss = np.asarray(evaluate_genome(e.family, e.rule, g, eval_instances)["loss"])

@@ -3,11 +3,20 @@
 Any rule -- an MLP, a per-synapse Hebbian rule, a polynomial -- is a function of the local
 signals. :func:`distill_rule` records what the synapses of a network saw while the rule
 taught it (:func:`~evoplastic.analysis.trace.record_inner_loop` on held-out task
-instances), then fits the rule's ``dw`` with a sparse sum of local polynomial terms
-(products of ``pre, post, w, err, mod`` up to a degree) by sequential thresholded least
-squares (STLSQ; Brunton, Proctor & Kutz 2016, "Discovering governing equations from data
-by sparse identification of nonlinear dynamical systems", PNAS). The fit is judged by its
-R² on signal samples from *other* held-out instances than those it was fitted on.
+instances, in float64, skipping instances on which the rule diverges), then fits the
+rule's weight changes with a sparse sum of local polynomial terms (products of ``pre,
+post, w, err, mod`` up to a degree) by sequential thresholded least squares (STLSQ;
+Brunton, Proctor & Kutz 2016, "Discovering governing equations from data by sparse
+identification of nonlinear dynamical systems", PNAS).
+
+What is fitted is what matters to learning: the change the rule made to each weight over
+short windows of steps, ``sum_t s_t dw_t`` with the step size ``s_t`` the network applied
+(:func:`window_samples`), against the same sums of each term. Per-step fluctuations that
+average out within a window (a term such as ``pre`` on zero-mean inputs) and steps the
+network hardly applied (a decayed step size) weigh little; the drift that moves the
+weights weighs most. A polynomial rule is still recovered exactly, whatever the window.
+The fit is judged by its R² on windows from *other* held-out instances than it was fitted
+on.
 
 The result is a polynomial rule (:func:`evoplastic.rules.polynomial`) over the terms that
 survived, so it can be evaluated like any other rule (``evoplastic eval RUN --rule
@@ -39,6 +48,12 @@ SIGNAL_NAMES = RECORDED[:-1]
 
 DEFAULT_DEGREE = 3
 DEFAULT_THRESHOLD = 0.01  # a term is dropped if it moves dw by < 1% of dw's RMS
+DEFAULT_WINDOW = 20  # steps whose weight change one sample sums
+DIVERGED = 1e4  # an instance whose weights grew this many times past their start diverged
+MAX_TRIES = 4  # held-out instances tried, as a multiple of those needed
+SPARSITY_PATH = (0.01, 0.03, 0.1, 0.3)  # thresholds tried when choosing by task loss
+LOSS_TOLERANCE = 0.1  # the sparsest equation within 10% of the rule's task loss wins
+SELECT_OFFSET = 10_000  # held-out instances from here on score the candidate equations
 FILE_NAME = "distilled.json"
 
 
@@ -139,6 +154,10 @@ class Distilled:
       source: the distilled rule's description.
       degree, threshold: the library's degree and the sparsity threshold.
       library: the full library the fit chose from.
+      window: the steps whose weight change one sample sums (see :func:`window_samples`).
+      selection: how the sparsity was chosen by task loss (see :func:`distill_rule`):
+        ``{"instances", "rule_loss", "candidates": [{"threshold", "terms", "loss"}]}``;
+        empty when it was not.
     """
 
     terms: tuple[str, ...]
@@ -154,6 +173,8 @@ class Distilled:
     degree: int
     threshold: float
     library: tuple[str, ...]
+    window: int = 1
+    selection: dict = dataclasses.field(default_factory=dict)
 
     @property
     def equation(self) -> str:
@@ -240,14 +261,160 @@ def _varying(samples, names) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _pooled(traces, layer, max_samples, seed):
+def diverged(trace) -> bool:
+    """Whether the rule diverged on a recorded instance: a non-finite loss or signal, or a
+    weight that grew more than :data:`DIVERGED` times past the largest initial weight."""
+    if not np.isfinite(trace.loss):
+        return True
+    for rec in trace.layers:
+        if not all(np.all(np.isfinite(rec[k])) for k in (*SIGNAL_NAMES, "dw")):
+            return True
+        if np.max(np.abs(rec["w"])) > DIVERGED * (1.0 + np.max(np.abs(rec["w"][0]))):
+            return True
+    return False
+
+
+def step_sizes(rec: dict[str, np.ndarray]) -> np.ndarray:
+    """``s[t]``, the step size the network applied to the rule's ``dw`` at step ``t``
+    (``w[t + 1] - w[t] ~ s[t] * dw[t]``, least squares over the layer's synapses), for
+    ``t = 0 .. T - 2``; 0 where the rule changed nothing. Any network's own step-size
+    schedule is read off the recorded weights, so nothing about it is assumed."""
+    moved = np.diff(np.asarray(rec["w"], np.float64), axis=0)
+    dw = np.asarray(rec["dw"], np.float64)[:-1]
+    axes = tuple(range(1, dw.ndim))
+    den = np.sum(dw * dw, axis=axes)
+    num = np.sum(moved * dw, axis=axes)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def window_samples(
+    trace, terms, layer: int | None = None, window: int = DEFAULT_WINDOW,
+    max_samples: int | None = None, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(X [n, k], y [n])``: the weight change the rule made over windows of ``window``
+    steps, one sample per synapse and window, and the same sum for each term.
+
+    ``y = sum_t s[t] * dw[t]`` over the window's steps (``s``: :func:`step_sizes`), which
+    is what the weight actually moved by, and ``X[:, k] = sum_t s[t] * term_k[t]``, so
+    ``y ~ X @ c`` for a polynomial rule ``dw = sum_k c_k term_k`` exactly. ``window = 1``
+    fits single steps (weighted by their step size). At most ``max_samples`` samples, from
+    synapses drawn at random (``seed``).
+    """
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for index, rec in enumerate(trace.layers):
+        if layer is not None and index != layer:
+            continue
+        steps, n_out, n_in = rec["w"].shape
+        win = max(1, min(window, steps - 1))
+        n_win = (steps - 1) // win
+        if n_win == 0:
+            continue
+        keep = n_out * n_in
+        if max_samples is not None:
+            keep = max(1, min(keep, max_samples // n_win))
+        chosen = np.sort(rng.choice(n_out * n_in, keep, replace=False))
+        rows, cols = np.divmod(chosen, n_in)
+        use = n_win * win
+        sig = {
+            "pre": rec["pre"][:use, cols],
+            "post": rec["post"][:use, rows],
+            "w": rec["w"][:use, rows, cols],
+            "err": rec["err"][:use, rows],
+            "mod": np.broadcast_to(rec["mod"][:use].reshape(use, 1), (use, keep)),
+            "dw": rec["dw"][:use, rows, cols],
+        }
+        s = step_sizes(rec)[:use, None]
+        flat = {k: np.asarray(v, np.float64).reshape(-1) for k, v in sig.items()}
+        x = design_matrix(terms, flat).reshape(use, keep, len(terms)) * s[..., None]
+        y = np.asarray(sig["dw"], np.float64) * s
+        xs.append(x.reshape(n_win, win, keep, len(terms)).sum(axis=1).reshape(-1, len(terms)))
+        ys.append(y.reshape(n_win, win, keep).sum(axis=1).reshape(-1))
+    if not xs:
+        raise DistillError(f"distill: the recorded inner loop has no layer {layer}")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _pooled(traces, terms, layer, window, max_samples, seed):
     parts = [
-        synapse_samples(t, layer=layer, max_samples=max_samples, seed=seed + i)
-        for i, t in enumerate(traces)
+        window_samples(t, terms, layer, window, max_samples, seed + i) for i, t in enumerate(traces)
     ]
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    finite = np.all([np.isfinite(out[k]) for k in (*SIGNAL_NAMES, "dw")], axis=0)
-    return {k: v[finite] for k, v in out.items()}
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _raw(traces, max_samples, seed):
+    parts = [
+        synapse_samples(t, max_samples=max_samples, seed=seed + i) for i, t in enumerate(traces)
+    ]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _finite_traces(family, rule, genome, fit_instances, heldout_instances):
+    """Float64 traces of the first held-out instances on which the rule does not diverge
+    (up to :data:`MAX_TRIES` times as many are tried): ``(fit, heldout, indices)``."""
+    want = fit_instances + heldout_instances
+    keys = test_instance_keys(MAX_TRIES * want)
+    good, indices, n_bad = [], [], 0
+    for start in range(0, len(keys), want):
+        batch = keys[start : start + want]
+        for i, trace in enumerate(record_inner_loops(family, rule, genome, batch, float64=True)):
+            if diverged(trace):
+                n_bad += 1
+            else:
+                good.append(trace)
+                indices.append(start + i)
+        if len(good) >= want:
+            break
+    if len(good) < want:
+        raise DistillError(
+            f"distill: the rule diverged on {n_bad} of {len(good) + n_bad} held-out instances;"
+            f" fewer than {want} finite ones to fit and test on"
+        )
+    return good[:fit_instances], good[fit_instances:want], indices[:want], n_bad
+
+
+def _finite_or_none(value: float):
+    return value if np.isfinite(value) else None
+
+
+def _mean_loss(losses) -> float:
+    losses = np.asarray(losses, np.float64)
+    return float(np.mean(losses)) if np.all(np.isfinite(losses)) else float("inf")
+
+
+def _select_by_loss(family, rule, genome, fits, library, threshold, per_layer, shapes, n):
+    """``(threshold, coefs, record)``: the sparsity whose equation learns (nearly) as well
+    as the rule, on ``n`` held-out instances of its own (see :func:`distill_rule`)."""
+    from ..backends import make_genome_evaluator
+
+    keys = test_instance_keys(SELECT_OFFSET + n)[SELECT_OFFSET:]
+    rule_loss = _mean_loss(make_genome_evaluator(family, rule)(genome, keys)[0])
+    candidates, seen = [], set()
+    for th in sorted({threshold, *(t for t in SPARSITY_PATH if t > threshold)}):
+        coefs = np.stack([stlsq(x, y, th) for x, y in fits])
+        active = np.any(coefs != 0.0, axis=0)
+        support = tuple(np.flatnonzero(active))
+        if not active.any() or support in seen:
+            continue
+        seen.add(support)
+        terms = tuple(t for t, a in zip(library, active, strict=True) if a)
+        poly = rules.polynomial(terms, per_layer=per_layer, shapes=shapes if per_layer else ())
+        g = jax.numpy.asarray(coefs[:, active] if per_layer else coefs[0, active], "float32")
+        loss = _mean_loss(make_genome_evaluator(family, poly)(g, keys)[0])
+        candidates.append({"threshold": th, "terms": len(terms), "loss": loss, "coefs": coefs})
+    if not candidates:
+        return threshold, np.stack([stlsq(x, y, threshold) for x, y in fits]), {}
+    good = [c for c in candidates if c["loss"] <= rule_loss + LOSS_TOLERANCE * abs(rule_loss)]
+    best = min(good, key=lambda c: c["terms"]) if good else min(candidates, key=lambda c: c["loss"])
+    record = {
+        "instances": n,
+        "rule_loss": _finite_or_none(rule_loss),
+        "candidates": [
+            {"threshold": c["threshold"], "terms": c["terms"], "loss": _finite_or_none(c["loss"])}
+            for c in candidates
+        ],
+    }
+    return best["threshold"], best["coefs"], record
 
 
 def distill_rule(
@@ -261,74 +428,108 @@ def distill_rule(
     samples_per_instance: int = 20_000,
     signals: tuple[str, ...] = SIGNAL_NAMES,
     seed: int = 0,
+    window: int = DEFAULT_WINDOW,
+    select_instances: int = 0,
 ) -> Distilled:
     """Fit ``rule(genome)``'s weight changes with a sparse polynomial of local signals.
 
-    Signals are recorded on held-out task instances ``0 .. fit_instances - 1`` (fit) and
-    ``fit_instances .. fit_instances + heldout_instances - 1`` (R² reported), at most
-    ``samples_per_instance`` synapse-steps from each. The library holds every product of
-    the ``signals`` that vary in the fit samples, up to ``degree``.
+    The inner loop is recorded in float64 on held-out task instances; instances on which
+    the rule diverges (:func:`diverged`) are skipped. The first ``fit_instances`` finite
+    ones are fitted, the next ``heldout_instances`` score the fit (R²). The fit's target
+    is what the rule did to each weight over windows of ``window`` steps
+    (:func:`window_samples`): fluctuations that average out within a window and steps the
+    network hardly applied (a decayed step size) weigh little, the drift that moves the
+    weights weighs most. The library holds every product of the ``signals`` that vary in
+    the fit samples, up to ``degree``.
 
     Args:
       family: the task family the rule was meta-trained on (its inner loop makes the signals).
       rule, genome: the rule to distill.
       fit_instances, heldout_instances: held-out task instances to fit on and to score on.
       degree: the highest total degree of a term.
-      threshold: sparsity, as a fraction of the RMS of ``dw`` (see :func:`stlsq`).
-      samples_per_instance: synapse-steps sampled from each instance.
+      threshold: sparsity, as a fraction of the RMS of the target (see :func:`stlsq`).
+      samples_per_instance: at most this many (synapse, window) samples from each instance.
       signals: the signals the terms may use.
       seed: the subsampling seed.
+      window: steps summed in one sample (1: single steps).
+      select_instances: with ``n > 0``, the sparsity is chosen by what the equation does
+        as a rule: the fit is repeated at ``threshold`` and each larger threshold of
+        :data:`SPARSITY_PATH`, every distinct equation is run on ``n`` held-out instances
+        of its own (from index :data:`SELECT_OFFSET` on, disjoint from those fitted,
+        scored and reported by ``evoplastic eval``), and the sparsest one whose mean task
+        loss is within :data:`LOSS_TOLERANCE` of the rule's own wins (else the one with
+        the lowest loss).
 
     Returns:
       A :class:`Distilled` rule.
 
     Raises:
-      DistillError: if the rule changes no weight, or too few samples are finite.
+      DistillError: if the rule changes no weight, diverges on too many instances, or no
+        term of the library fits its weight changes.
     """
     if fit_instances < 1 or heldout_instances < 1:
         raise DistillError("distill: needs at least one fit and one held-out instance")
-    keys = test_instance_keys(fit_instances + heldout_instances)
-    traces = record_inner_loops(family, rule, genome, keys)
-    fit_traces, test_traces = traces[:fit_instances], traces[fit_instances:]
-    n_layers = len(traces[0].layers)
+    if window < 1:
+        raise DistillError(f"distill: window must be >= 1, got {window}")
+    fit_traces, test_traces, used, n_diverged = _finite_traces(
+        family, rule, genome, fit_instances, heldout_instances
+    )
+    n_layers = len(fit_traces[0].layers)
+    raw = _raw(fit_traces, samples_per_instance, seed)
+    if np.max(np.abs(raw["dw"])) == 0.0:
+        raise DistillError(f"distill: {rule.name} never changes a weight (dw = 0): nothing to fit")
+    library = term_library(_varying(raw, signals), degree)
     per_layer = n_layers > 1 and differs_by_layer(rule, genome, n_layers)
     groups = list(range(n_layers)) if per_layer else [None]
-    fits = [_pooled(fit_traces, g, samples_per_instance, seed) for g in groups]
-    tests = [_pooled(test_traces, g, samples_per_instance, seed + 10_000) for g in groups]
-    for part in fits + tests:
-        if part["dw"].size < 10:
-            raise DistillError("distill: the rule's signals are not finite (a divergent rule?)")
-    if all(np.max(np.abs(f["dw"])) == 0.0 for f in fits):
-        raise DistillError(f"distill: {rule.name} never changes a weight (dw = 0): nothing to fit")
-    pooled_fit = {k: np.concatenate([f[k] for f in fits]) for k in fits[0]}
-    library = term_library(_varying(pooled_fit, signals), degree)
-    coefs = np.stack([stlsq(design_matrix(library, f), f["dw"], threshold) for f in fits])
+    fits = [_pooled(fit_traces, library, g, window, samples_per_instance, seed) for g in groups]
+    tests = [
+        _pooled(test_traces, library, g, window, samples_per_instance, seed + 10_000)
+        for g in groups
+    ]
+    if all(np.max(np.abs(y)) == 0.0 for _, y in fits):
+        raise DistillError(
+            f"distill: the network applied none of {rule.name}'s weight changes: nothing to fit"
+        )
+    coefs = np.stack([stlsq(x, y, threshold) for x, y in fits])
+    selection = {}
+    if select_instances > 0:
+        shapes = tuple(tuple(rec["w"].shape[1:]) for rec in fit_traces[0].layers)
+        threshold, coefs, selection = _select_by_loss(
+            family, rule, genome, fits, library, threshold, per_layer, shapes, select_instances
+        )
     active = np.any(coefs != 0.0, axis=0)
-    if not active.any():  # keep the largest term rather than an empty rule
-        active[np.argmax(np.max(np.abs(coefs), axis=0))] = True
+    r2_all = r2_score(
+        np.concatenate([y for _, y in tests]),
+        np.concatenate([x @ c for (x, _), c in zip(tests, coefs, strict=True)]),
+    )
+    if not active.any() or not np.isfinite(r2_all) or r2_all <= 0.0:
+        raise DistillError(
+            f"distill: no sparse polynomial of degree {degree} fits {rule.name}'s weight"
+            f" changes (held-out R² {r2_all:.3g}); try a higher --degree or a lower --threshold"
+        )
     terms = tuple(t for t, a in zip(library, active, strict=True) if a)
     coefs = coefs[:, active]
+    keep = np.flatnonzero(active)
 
-    def r2(parts):
-        y = np.concatenate([p["dw"] for p in parts])
-        pred = np.concatenate(
-            [design_matrix(terms, p) @ c for p, c in zip(parts, coefs, strict=True)]
-        )
+    def r2(parts, cs=coefs):
+        y = np.concatenate([p[1] for p in parts])
+        pred = np.concatenate([p[0][:, keep] @ c for p, c in zip(parts, cs, strict=True)])
         return r2_score(y, pred)
 
     if per_layer:
-        r2_layers = tuple(r2_one(terms, t, c) for t, c in zip(tests, coefs, strict=True))
+        r2_layers = tuple(r2([t], [c]) for t, c in zip(tests, coefs, strict=True))
     else:
         r2_layers = tuple(
-            r2_one(terms, _pooled(test_traces, layer, samples_per_instance, seed), coefs[0])
+            r2([_pooled(test_traces, library, layer, window, samples_per_instance, seed)])
             for layer in range(n_layers)
         )
 
     def importance(part, c):
-        x = design_matrix(terms, part)
-        return np.abs(c) * np.sqrt(np.mean(x**2, axis=0)) / np.sqrt(np.mean(part["dw"] ** 2))
+        x, y = part[0][:, keep], part[1]
+        return np.abs(c) * np.sqrt(np.mean(x**2, axis=0)) / np.sqrt(np.mean(y**2))
 
     weight = np.max([importance(t, c) for t, c in zip(tests, coefs, strict=True)], axis=0)
+    n_fit, n_test = len(fit_traces), len(test_traces)
     return Distilled(
         terms=terms,
         coefficients=coefs if per_layer else coefs[0],
@@ -338,17 +539,20 @@ def distill_rule(
         r2_fit=r2(fits),
         importance=tuple(float(v) for v in weight),
         samples={
-            "fit": int(sum(f["dw"].size for f in fits)),
-            "heldout": int(sum(t["dw"].size for t in tests)),
+            "fit": int(sum(y.size for _, y in fits)),
+            "heldout": int(sum(y.size for _, y in tests)),
         },
         instances={
-            "fit": list(range(fit_instances)),
-            "heldout": list(range(fit_instances, fit_instances + heldout_instances)),
+            "fit": used[:n_fit],
+            "heldout": used[n_fit : n_fit + n_test],
+            "diverged": n_diverged,
         },
         source=rule.describe(genome),
         degree=degree,
         threshold=threshold,
         library=library,
+        window=window,
+        selection=selection,
     )
 
 

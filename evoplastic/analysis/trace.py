@@ -108,24 +108,48 @@ def record_inner_loop(family, rule: Rule, genome, key: jax.Array, split: str = "
     return record_inner_loops(family, rule, genome, [key], split)[0]
 
 
-def record_inner_loops(family, rule: Rule, genome, keys, split: str = "test") -> list[Trace]:
-    """:func:`record_inner_loop` for several instance keys (one compilation for all)."""
+def _as_float64(tree):
+    """``tree`` with its floating-point leaves in float64 (other leaves unchanged)."""
+
+    def cast(leaf):
+        leaf = jnp.asarray(leaf)
+        return leaf.astype(jnp.float64) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    return jax.tree.map(cast, tree)
+
+
+def record_inner_loops(
+    family, rule: Rule, genome, keys, split: str = "test", float64: bool = False
+) -> list[Trace]:
+    """:func:`record_inner_loop` for several instance keys (one compilation for all).
+
+    With ``float64`` the instance is drawn as usual (the same instance the float32
+    evaluation scores) and then run in float64: the genome, the instance's data and every
+    signal are cast to double precision, so large but finite values do not overflow.
+    """
     calls: dict[int, list[tuple]] = {}
 
     def sink(layer, *values):
         calls.setdefault(layer, []).append(tuple(np.asarray(v) for v in values))
 
     recorder = recording_rule(rule, sink)
+    sample = jax.jit(lambda key: family.sample(key, split))
 
     @jax.jit
-    def run(genome, key):
-        return family.inner_loop(recorder, genome, family.sample(key, split), key)
+    def run(genome, task, key):
+        return family.inner_loop(recorder, genome, task, key)
 
     traces = []
     for key in keys:
         calls.clear()
-        loss, metrics = run(genome, key)
-        jax.effects_barrier()
+        task = sample(key)
+        if float64:
+            with jax.enable_x64(True):
+                loss, metrics = run(_as_float64(genome), _as_float64(task), key)
+                jax.effects_barrier()
+        else:
+            loss, metrics = run(genome, task, key)
+            jax.effects_barrier()
         layers = []
         for layer in sorted(calls):
             columns = list(zip(*calls[layer], strict=True))
