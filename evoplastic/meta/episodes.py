@@ -18,6 +18,7 @@ functions, as learned_optimization's gradient estimators share one truncated ste
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import jax
@@ -41,11 +42,19 @@ class Episodes:
       family: a steppable task family (``sample``, ``init_inner``, ``inner_step``, ``score``).
       instances: task instances per episode (per member, for an ES).
       truncation: inner steps per generation, or 0 for whole unrolls.
+      rule: the rule whose state the inner states carry (a stateful rule's), handed to
+        ``family.init_inner`` where it takes one.
     """
 
     family: Any
     instances: int
     truncation: int = 0
+    rule: Any = None
+
+    def _init_inner(self, task):
+        if self.rule is not None and "rule" in inspect.signature(self.family.init_inner).parameters:
+            return self.family.init_inner(task, rule=self.rule)
+        return self.family.init_inner(task)
 
     @property
     def length(self) -> int:
@@ -69,13 +78,13 @@ class Episodes:
 
     def start(self, tasks, carried, seg):
         """The states a segment continues: fresh at segment 0, else ``carried``."""
-        fresh = jax.vmap(self.family.init_inner)(tasks)
+        fresh = jax.vmap(self._init_inner)(tasks)
         return jax.tree.map(lambda f, c: jnp.where(seg == 0, f, c), fresh, carried)
 
     def empty(self, *lead: int):
         """Zero inner states ``[*lead, instances, ...]`` (the shape the meta-state carries)."""
         shapes = jax.eval_shape(
-            lambda: jax.vmap(self.family.init_inner)(
+            lambda: jax.vmap(self._init_inner)(
                 self.tasks(jax.random.PRNGKey(0), jnp.arange(self.instances))
             )
         )

@@ -103,7 +103,7 @@ class GradientMeta(OuterLoop):
     @property
     def episodes(self) -> Episodes:
         """Task instances and carried states (the truncated step shared with PES)."""
-        return Episodes(self.family, self.instances, self.truncation)
+        return Episodes(self.family, self.instances, self.truncation, self.rule)
 
     @property
     def segments(self) -> int:

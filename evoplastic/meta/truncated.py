@@ -79,7 +79,7 @@ class TruncatedES(OuterLoop):
     @property
     def episodes(self) -> Episodes:
         """Task instances and carried states (the truncated step shared with backprop)."""
-        return Episodes(self.family, self.instances, self.truncation)
+        return Episodes(self.family, self.instances, self.truncation, self.rule)
 
     @property
     def segments(self) -> int:

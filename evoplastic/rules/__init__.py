@@ -16,12 +16,14 @@ from .polynomial import (
     polynomial,
     reference_genome,
 )
+from .stateful import stateful
 from .trace import hebb_trace
 
 RULES = {
     "polynomial": polynomial,
     "abcd": abcd,
     "mlp": mlp,
+    "stateful": stateful,
     "static": static,
     "hebb": hebb,
     "oja": oja,
@@ -43,6 +45,7 @@ __all__ = [
     "abcd",
     "mlp",
     "static",
+    "stateful",
     "with_learned_init",
     "with_parts",
     "bcm",

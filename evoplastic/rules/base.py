@@ -17,7 +17,8 @@ locality with Jacobians.
 Stateful rules (BCM's sliding threshold) declare ``init_state(shape) -> state`` and
 ``next_state(genome, signals) -> state``; the network carries the state of every layer
 and hands it back as ``signals.state``. Each state leaf is shaped ``[n_out]`` (one value a
-post neuron) or ``[n_out, n_in]`` (one a synapse), so it stays local.
+post neuron), ``[n_out, n_in]`` (one a synapse) or ``[n_out, n_in, k]`` (a vector a
+synapse, as the ``stateful`` rule's), so it stays local.
 """
 
 from __future__ import annotations

@@ -100,10 +100,11 @@ class _Supervised:
     # ``init_inner``, ``inner_step`` for t = 0 .. steps - 1, and ``score``; step ``t`` sees
     # support example ``t % support_size`` (the stream repeats the support set every epoch).
 
-    def init_inner(self, task: SupervisedTask, key=None):
-        """The network state before step 0: the instance's random initial weights."""
+    def init_inner(self, task: SupervisedTask, key=None, rule=None):
+        """The network state before step 0: the instance's random initial weights (and
+        ``rule``'s initial state, which a stateful rule needs)."""
         del key
-        return self.network.init(task.weight_key)
+        return self.network.init(task.weight_key, rule)
 
     def inner_step(self, rule, genome, task: SupervisedTask, state, t):
         """Step ``t`` (may be traced): respond to one support example, then learn from it.
