@@ -151,7 +151,7 @@ def test_yaml_1_2_numbers_in_files_and_overrides(tmp_path):
         ("meta.gradient.optimizer", {"name": "adamw", "learning_rate": "x"}, "expected a number"),
         ("meta.gradient.optimizer", {"name": "adamw", "lr": 0.1}, "not an argument of optax.adamw"),
         ("meta.gradient.optimizer", {"name": "adamx", "learning_rate": 0.1}, "did you mean"),
-        ("meta.gradient.optimizer", {"name": "sgd", "learning_rate": -1.0}, "must be > 0"),
+        ("meta.gradient.optimizer", {"name": "sgd", "learning_rate": -1.0}, "must be >= 0"),
         ("meta.gradient.optimizer", {"name": "adam"}, "rejects these arguments"),
         ("strategy.optimizer", {"name": "adam", "learning_rate": 0.1, "b1": [1]}, "a number"),
         ("strategy.optimizer", {"name": "sgd", "learning_rate": 0.1, "nesterov": 1}, "true or"),

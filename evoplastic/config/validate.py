@@ -200,8 +200,8 @@ def check_optimizer(path: str, spec) -> None:
                 raise ConfigError(f"{where}: expected a number, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"{where}: must be finite, got {value}")
-            if key == "learning_rate" and value <= 0:
-                raise ConfigError(f"{where}: must be > 0, got {value}")
+            if key == "learning_rate" and value < 0:
+                raise ConfigError(f"{where}: must be >= 0, got {value}")
         elif isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         elif not isinstance(value, int | float | str | bool | type(None)):
