@@ -43,7 +43,8 @@ def test_config_defaults_keep_the_es_path():
         ({"gradient": {"optimiser": {}}}, "meta.gradient.optimiser: unknown key"),
         (
             {"optimizer": "gradient", "gradient": {"optimizer": {"name": "adamm"}}},
-            "meta.gradient.optimizer.name: expected an optax optimizer (adam, sgd, ...), got 'adamm'",
+            "meta.gradient.optimizer.name: expected an optax optimizer (adam, sgd, ...),"
+            " got 'adamm'",
         ),
     ],
 )
