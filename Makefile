@@ -36,6 +36,10 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not ray"
 	$(BIN)/python -m pytest -q -m "ray and not slow"
 
+# the fast tier, on every change: unit tests only (no whole runs, no Ray), under 2 minutes
+test-fast: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not ray and not integration"
+
 test-slow: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "slow and not ray"
 	$(BIN)/python -m pytest -q -m "slow and ray"

@@ -82,3 +82,61 @@ def start_local_ray(num_cpus: int = 2):
         ray.shutdown()
         ray.init(**options)
     return ray
+
+
+# The fast tier (`make test-fast`, run on every change) leaves out the tests marked
+# `integration`: whole runs through the command line, the committed results, the tutorials,
+# and the unit tests that train something for more than a few seconds on 2 cores (listed
+# here by name, measured with --durations). `make test` runs both tiers.
+INTEGRATION_FILES = {
+    "test_cli.py",
+    "test_resume.py",
+    "test_results.py",
+    "test_docs.py",
+    "test_oja.py",
+    "test_sweep.py",
+    "test_compare.py",
+    "test_bench.py",
+}
+INTEGRATION_TESTS = {
+    "test_control.py::test_control_run_eval_and_report_from_the_cli",
+    "test_control.py::test_plastic_steps_stop_the_rule",
+    "test_gradient.py::test_gradient_resume_after_sigkill_is_exact",
+    "test_gradient.py::test_backprop_rediscovers_oja",
+    "test_gradient.py::test_truncated_es_runs_and_learns",
+    "test_gradient.py::test_initial_genome_has_the_es_distribution",
+    "test_gradient.py::test_gradient_step_descends",
+    "test_gradient.py::test_sharded_meta_gradient_equals_the_whole_batch",
+    "test_backend.py::test_member_fitness_does_not_depend_on_sharding",
+    "test_backend.py::test_nonfinite_losses_never_poison_the_strategy",
+    "test_backend.py::test_shards_evaluated_elsewhere_in_any_order_give_the_local_bits",
+    "test_supervised.py::test_backprop_baseline_trains_and_is_tuned",
+    "test_supervised.py::test_digits_classes_are_disjoint_and_labels_consistent",
+    "test_supervised.py::test_delta_rule_learns_and_zero_rule_does_not",
+    "test_feedback.py::test_network_modulation_gates_plasticity",
+    "test_feedback.py::test_learned_feedback_is_evolved_and_improves_fitness",
+    "test_distill.py::test_distilling_an_mlp_rule_finds_the_polynomial_it_approximates",
+    "test_plots.py::test_plot_command_draws_every_figure_for_every_rule_family",
+    "test_api.py::test_evolve_finds_the_minimum_and_records_history",
+    "test_api.py::test_task_family_with_a_rule_returns_the_rule_as_a_callable",
+    "test_api.py::test_config_task_by_import_path_runs",
+    "test_layered.py::test_abcd_without_c_and_d_relearns_inverted_inputs_exactly",
+    "test_selection.py::test_cli_train_selection_learns_selection_from_none",
+    "test_strategies.py::test_every_strategy_runs_three_generations",
+    "test_loggers.py::test_mlflow_file_store_holds_the_params_and_every_generation",
+    "test_patterns.py::test_lstm_baseline_trains_on_the_same_budget",
+    "test_patterns.py::test_other_rule_families_drive_the_same_network",
+    "test_patterns.py::test_meta_gradient_lowers_the_loss",
+    "test_patterns.py::test_hand_set_hebbian_network_completes_patterns",
+    "test_stateful.py::test_trained_by_es",
+    "test_stateful.py::test_trained_by_backprop",
+    "test_stateful.py::test_distilled_through_its_read_out",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath)).name
+        name = f"{path}::{item.originalname or item.name}"
+        if path in INTEGRATION_FILES or name in INTEGRATION_TESTS:
+            item.add_marker(pytest.mark.integration)
