@@ -65,7 +65,11 @@ def _enable_token_auth() -> None:
 
 def _auth_problem(text: str) -> str | None:
     """One line for an authentication failure in ``text`` (a Ray SDK message), else None."""
-    if "Authentication required" in text or "no authentication token was found" in text:
+    if (
+        "Authentication required" in text
+        or "no authentication token was found" in text
+        or "couldn't find an authentication token" in text
+    ):
         return f"the cluster requires a token and none was sent: {AUTH_HINT}"
     if "Authentication failed" in text or "token is invalid" in text:
         return f"the cluster rejected the token: {AUTH_HINT}"

@@ -46,8 +46,10 @@ def write_config(tmp_path):
 
 
 def run_cli(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
-    """Run the real ``evoplastic`` entry point in a subprocess (``env``: variables to set)."""
+    """Run the real ``evoplastic`` entry point in a subprocess (``env``: variables to set,
+    ``None`` to unset one)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    env = {k: v for k, v in env.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "evoplastic.cli", *map(str, args)],
         capture_output=True,

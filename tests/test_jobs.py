@@ -155,19 +155,23 @@ def test_token_from_the_environment_and_auth_failures_in_one_line(ray_head, ray_
     token = (ray_home / ".ray" / "auth_token").read_text().strip()
     empty = tmp_path / "empty-home"
     empty.mkdir()
-    listed = run_cli("jobs", "list", "--address", ray_head, env={"HOME": str(empty)})
+    # RAY_AUTH_MODE unset (an earlier ray.init in this process may have set it)
+    unset = {"HOME": str(empty), "RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None}
+    listed = run_cli("jobs", "list", "--address", ray_head, env=unset)
     assert listed.returncode == 2
     assert listed.stderr.startswith("error: the cluster requires a token and none was sent")
+    # RAY_AUTH_MODE=token exported, no token anywhere: the same line
+    listed = run_cli("jobs", "list", "--address", ray_head, env=unset | {"RAY_AUTH_MODE": "token"})
+    assert listed.returncode == 2 and len(listed.stderr.strip().splitlines()) == 1
+    assert listed.stderr.startswith("error: the cluster requires a token and none was sent")
     assert "RAY_AUTH_TOKEN" in listed.stderr and len(listed.stderr.strip().splitlines()) == 1
-    wrong = {"HOME": str(empty), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * len(token)}
+    wrong = unset | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * len(token)}
     listed = run_cli("jobs", "list", "--address", ray_head, env=wrong)
     assert listed.returncode == 2
     assert listed.stderr.startswith("error: the cluster rejected the token")
     assert len(listed.stderr.strip().splitlines()) == 1
     # RAY_AUTH_TOKEN alone (RAY_AUTH_MODE unset) is found, as by Ray's own clients
-    listed = run_cli(
-        "jobs", "list", "--address", ray_head, env={"HOME": str(empty), "RAY_AUTH_TOKEN": token}
-    )
+    listed = run_cli("jobs", "list", "--address", ray_head, env=unset | {"RAY_AUTH_TOKEN": token})
     assert listed.returncode == 0, listed.stderr
 
 

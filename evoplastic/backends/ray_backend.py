@@ -43,6 +43,7 @@ import os
 import pickle
 import socket
 import time
+import warnings
 from urllib.parse import urlparse
 
 import jax
@@ -115,6 +116,9 @@ def connect(address: str | None):
             "backend: ray needs Ray, which is not installed (pip install 'ray[default]')"
         ) from None
 
+    # Ray starts its processes with fork + exec, which is safe; JAX warns at every fork of a
+    # process it runs in, which would print a misleading line before each run's output
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     if ray.is_initialized():
         yield ray
         return
