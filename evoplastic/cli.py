@@ -569,10 +569,7 @@ def distill(
     measured on other held-out instances than it was fitted on. Evaluate the result with
     `evoplastic eval RUN_DIR --rule distilled`.
     """
-    import numpy as np
-
     from .analysis import distill as dist
-    from .backends import evaluate_genome
     from .config import ConfigError
 
     cfg = _run_dir_config(run_dir)
@@ -617,11 +614,11 @@ def distill(
     if d.instances.get("diverged"):
         click.echo(f"skipped {d.instances['diverged']} held-out instances where the rule diverged")
     if eval_instances:
-        for name, (e, g) in (("rule", (exp, genome)), ("distilled", (dexp, dgenome))):
-            loss = np.asarray(evaluate_genome(e.family, e.rule, g, eval_instances)["loss"])
-            finite = loss[np.isfinite(loss)]
-            mean = f"{finite.mean():.4g}" if finite.size else "nan"
-            click.echo(f"held-out loss ({name}, {eval_instances} instances): mean {mean}")
+        losses = dist.heldout_losses(
+            {"rule": (exp, genome), "distilled": (dexp, dgenome)}, eval_instances
+        )
+        for name, mean in losses.items():
+            click.echo(f"held-out loss ({name}, {eval_instances} instances): mean {mean:.4g}")
     path = dist.save(d, run_dir / dist.FILE_NAME)
     click.echo(f"wrote {path} (evaluate it: evoplastic eval {run_dir} --rule distilled)")
 

@@ -180,8 +180,10 @@ def run_points(out: Path, config_path, points, run_one: Callable, on: str = "loc
 def _run_on_ray(out, config_path, points, run_one):
     import ray
 
-    remote = ray.remote(num_cpus=1)(run_one)
-    refs = {remote.remote(p): p for p in points}
+    # a partial of run_point (runner_for): Ray takes functions, so its arguments go with it
+    func, args = (run_one.func, run_one.args) if hasattr(run_one, "func") else (run_one, ())
+    remote = ray.remote(num_cpus=1)(func)
+    refs = {remote.remote(*args, p): p for p in points}
     while refs:
         done, _ = ray.wait(list(refs), num_returns=1)
         p = refs.pop(done[0])

@@ -103,3 +103,33 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path, write_c
     res = run_cli("run", cfg, "--seeds", "0-2", "--dry-run", cwd=tmp_path)
     assert res.stdout.splitlines()[-1] == "3 runs"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.ray
+def test_sweep_on_ray_tasks_gives_the_local_runs(tmp_path, write_config):
+    """The same two seeds as Ray tasks (a local Ray instance) and here: identical metrics."""
+    pytest.importorskip("ray")
+    cfg = write_config(small_config(generations=2, test={"every": 0, "final_instances": 4}))
+    for on in ("local", "ray"):
+        res = run_cli(
+            "run",
+            cfg,
+            "--seeds",
+            "0-1",
+            "--sweep-on",
+            on,
+            "--out",
+            tmp_path / on,
+            "--quiet",
+            timeout=900,
+        )
+        assert res.returncode == 0, res.stderr
+    index = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    assert [p["status"] for p in index["points"]] == ["done", "done"]
+    for p in index["points"]:
+        metrics = [
+            (tmp_path / on / p["dir"] / "metrics.jsonl").read_text() for on in ("local", "ray")
+        ]
+        rows = [[json.loads(x) for x in m.splitlines()] for m in metrics]
+        keep = ("generation", "best_loss", "mean_loss", "median_loss")
+        assert [[r[k] for k in keep] for r in rows[0]] == [[r[k] for k in keep] for r in rows[1]]

@@ -40,7 +40,7 @@ import jax
 import numpy as np
 
 from .. import rules
-from ..tasks import test_instance_keys
+from ..tasks import evaluate_genome, test_instance_keys
 from .trace import RECORDED, record_inner_loops, synapse_samples
 
 # the local signals a recorded inner loop holds (every network gives them)
@@ -590,3 +590,14 @@ def distilled_experiment(cfg, distilled: Distilled, original_genome=None):
             )
         genome = {"rule": genome, "w0": tuple(original_genome["w0"])}
     return exp, genome
+
+
+def heldout_losses(candidates: dict, instances: int) -> dict[str, float]:
+    """``{name: mean held-out loss}`` of ``{name: (experiment, genome)}`` over the first
+    ``instances`` held-out instances (the finite ones; NaN if none is finite)."""
+    out = {}
+    for name, (exp, genome) in candidates.items():
+        loss = np.asarray(evaluate_genome(exp.family, exp.rule, genome, instances)["loss"])
+        finite = loss[np.isfinite(loss)]
+        out[name] = float(finite.mean()) if finite.size else float("nan")
+    return out

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import pickle
 import socket
@@ -119,6 +120,10 @@ def connect(address: str | None):
     # Ray starts its processes with fork + exec, which is safe; JAX warns at every fork of a
     # process it runs in, which would print a misleading line before each run's output
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    # a new local instance turns token authentication on and logs that it did: not news here
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
     if ray.is_initialized():
         yield ray
         return
