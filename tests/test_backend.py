@@ -119,7 +119,8 @@ def test_shards_evaluated_elsewhere_in_any_order_give_the_local_bits(outer):
     metric equals the local step's, bit for bit, for every kind of outer loop."""
     import yaml
 
-    from evoplastic.backends.sharded import ShardEvaluator, config_pieces, sharded_step
+    from evoplastic.backends.sharded import ShardEvaluator, sharded_step
+    from evoplastic.experiment import config_pieces
 
     data = small_config(task={"name": "pca", "dim": 4, "steps": 32}, **OUTER_LOOPS[outer])
     exp = build(config.parse(data))

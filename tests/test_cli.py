@@ -147,5 +147,6 @@ def test_report_names_rules_and_baselines():
         },
     }
     table = markdown_table(report_rows([run]))
-    assert "| cp | control CartPole-v1 | trained | abcd per synapse | return | 500 ± 0 |" in table
+    # named by its directory ("d"), not by the config's name
+    assert "| d | control CartPole-v1 | trained | abcd per synapse | return | 500 ± 0 |" in table
     assert "| SGD (backprop), lr 0.1 | return |" in table
