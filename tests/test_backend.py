@@ -11,6 +11,7 @@ from evoplastic.backends import make_generation_step, member_keys, sanitize
 from .conftest import small_config
 
 
+@pytest.mark.slow  # its feature keeps a faster test in the default run
 def test_member_fitness_does_not_depend_on_sharding():
     """Evaluating the population in shards gives the same fitness as all at once."""
     for common in (True, False):

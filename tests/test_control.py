@@ -112,6 +112,7 @@ def test_rules_needing_shapes_need_a_layered_network():
         build(config.parse({"rule": {"name": "abcd"}}))
 
 
+@pytest.mark.slow  # its feature keeps a faster test in the default run
 def test_control_run_eval_and_report_from_the_cli(write_config, tmp_path):
     """A per-synapse ABCD genome (a tuple of dicts) survives best_rule.json and eval."""
     from .conftest import run_cli

@@ -334,6 +334,7 @@ def test_ep_run_with_backend_ray_runs_on_ray_actors(ray_instance, tmp_path):
     assert _metric_columns(tmp_path / "ray") == _metric_columns(tmp_path / "local")
 
 
+@pytest.mark.slow  # its feature keeps a faster test in the default run
 def test_cli_gradient_and_pes_on_ray_finish_like_local(write_config, tmp_path):
     """`evoplastic run --backend ray` with the meta-gradient and with PES exits 0 and writes
     the metrics of the local run (a fresh Ray instance per CLI process)."""

@@ -106,6 +106,7 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path, write_c
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # its feature keeps a faster test in the default run
 def test_sweep_on_ray_tasks_gives_the_local_runs(tmp_path, write_config):
     """The same two seeds as Ray tasks (a local Ray instance) and here: identical metrics."""
     pytest.importorskip("ray")
