@@ -203,6 +203,19 @@ def _run(
     )
 
 
+def seed_of(seed) -> int:
+    """The integer seed of ``seed``: an int as it is, a JAX PRNG key (typed or raw) drawn
+    from, so that the same key gives the same run."""
+    if isinstance(seed, bool):
+        raise TypeError(f"seed: expected an int or a JAX PRNG key, got {seed!r}")
+    if isinstance(seed, int | np.integer):
+        return int(seed)
+    try:
+        return int(jax.random.randint(seed, (), 0, 2**31 - 1))
+    except (TypeError, ValueError):
+        raise TypeError(f"seed: expected an int or a JAX PRNG key, got {seed!r}") from None
+
+
 def evolve(
     fitness: Callable | Any | str,
     genome_template: Any = None,
@@ -210,7 +223,7 @@ def evolve(
     population_size: int = 16,
     generations: int = 100,
     backend: str = "local",
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     run_dir: str | Path | None = None,
     *,
     rule: Rule | None = None,
@@ -243,7 +256,9 @@ def evolve(
         arrays; required for a fitness function. With a task family and a rule, it
         replaces ``rule.init``.
       strategy: an evosax strategy name (``evoplastic list`` shows them).
-      population_size, generations, seed: as in a config.
+      population_size, generations: as in a config.
+      seed: an int, as in a config, or a JAX PRNG key (``jax.random.key(3)`` or a raw
+        ``PRNGKey``), from which the run's integer seed is drawn (the config records it).
       backend: ``"local"`` (in process) or ``"ray"`` (actors; ``workers``,
         ``ray_address`` and the config's other ``ray`` options in ``ray_options``; a
         running Ray instance is used if there is one, else a local one is started).
@@ -289,7 +304,7 @@ def evolve(
         raise ValueError("rule: a task family needs the plasticity rule to evolve (rule=...)")
     data = {
         "name": name,
-        "seed": seed,
+        "seed": seed_of(seed),
         "generations": generations,
         "backend": backend,
         "task": section,
@@ -322,7 +337,7 @@ def meta_gradient(
     optimizer: str = "adam",
     learning_rate: float = 0.01,
     steps: int = 100,
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     run_dir: str | Path | None = None,
     *,
     rule: Rule | None = None,
@@ -385,7 +400,7 @@ def meta_gradient(
     spec = {"name": optimizer, "learning_rate": learning_rate, **(optimizer_options or {})}
     data = {
         "name": name,
-        "seed": seed,
+        "seed": seed_of(seed),
         "generations": steps,
         "backend": backend,
         "task": section,

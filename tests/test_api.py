@@ -381,3 +381,21 @@ def test_a_search_whose_mean_turns_non_finite_stops_with_one_line(tmp_path, caps
     summary = ep.run(config.parse(cfg | {"task": task}), tmp_path / "good")
     flat = np.asarray(summary["rule"]["genome_flat"])
     assert np.all(np.isfinite(flat)) and np.sum(flat**2) < 0.5
+
+
+def test_a_typed_prng_key_is_a_seed():
+    from evoplastic.api import seed_of
+
+    typed, raw = jax.random.key(3), jax.random.PRNGKey(3)
+    assert seed_of(typed) == seed_of(jax.random.key(3)) == seed_of(raw)  # same key, same seed
+    assert seed_of(typed) != seed_of(jax.random.key(4))
+    assert seed_of(7) == 7 and 0 <= seed_of(typed) < 2**31
+    with pytest.raises(TypeError, match="seed: expected an int or a JAX PRNG key"):
+        seed_of(True)
+    with pytest.raises(TypeError, match="seed: expected an int or a JAX PRNG key"):
+        seed_of("3")
+    f = lambda g, k: jnp.sum(g**2)  # noqa: E731
+    a = ep.evolve(f, jnp.ones(3), generations=2, population_size=4, seed=typed)
+    b = ep.evolve(f, jnp.ones(3), generations=2, population_size=4, seed=seed_of(typed))
+    assert a.experiment.config.seed == seed_of(typed)
+    np.testing.assert_array_equal(np.asarray(a.genome), np.asarray(b.genome))
