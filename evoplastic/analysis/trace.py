@@ -144,9 +144,18 @@ def record_inner_loops(
         calls.clear()
         task = sample(key)
         if float64:
-            with jax.enable_x64(True):
-                loss, metrics = run(_as_float64(genome), _as_float64(task), key)
-                jax.effects_barrier()
+            # the process-wide switch, restored after (the scoped context manager alone was
+            # seen to leave the recording in float32 after some earlier computations)
+            before = jax.config.jax_enable_x64
+            jax.config.update("jax_enable_x64", True)
+            try:
+                with jax.enable_x64(True):
+                    loss, metrics = jax.jit(run.__wrapped__)(
+                        _as_float64(genome), _as_float64(task), key
+                    )
+                    jax.effects_barrier()
+            finally:
+                jax.config.update("jax_enable_x64", before)
         else:
             loss, metrics = run(genome, task, key)
             jax.effects_barrier()
