@@ -631,42 +631,12 @@ def report(run_dirs, out, plot):
     """A markdown table of finished runs (or sweep directories): one row per run, named by its
     directory, and one per group of seeds (mean and t-interval across seeds)."""
     from .analysis import markdown_table, report_rows, seed_rows
-    from .config import safe_load
-    from .sweep import read_index
+    from .analysis.report import ReportError, load_runs
 
-    expanded = []  # (run directory, label of its group of seeds or None)
-    for run_dir in run_dirs:
-        index = read_index(run_dir)
-        if index is None:
-            expanded.append((run_dir, None))
-            continue
-        for p in index["points"]:
-            if p.get("status") != "done":
-                click.echo(f"warning: {run_dir / p['dir']}: {p.get('status')}; left out", err=True)
-                continue
-            point = ",".join(f"{k}={v}" for k, v in p["overrides"].items())
-            expanded.append((run_dir / p["dir"], point or None))
-    runs = []
-    for run_dir, point in expanded:
-        _run_dir_config(run_dir)
-        if not (run_dir / "eval.json").is_file():
-            _fail(f"{str(run_dir)!r} has no eval.json (unfinished run? `evoplastic resume` it)")
-        data = safe_load((run_dir / "config.yaml").read_text())
-        rest = {k: v for k, v in data.items() if k != "seed"}
-        runs.append(
-            {
-                "dir": run_dir,
-                "label": run_dir.name,
-                "group": f"{data['name']} {point}" if point else data["name"],
-                "group_key": json.dumps(rest, sort_keys=True, default=str),
-                "config": data,
-                "eval": json.loads((run_dir / "eval.json").read_text()),
-            }
-        )
-    names = [r["label"] for r in runs]
-    for r in runs:  # two directories of the same name: tell them apart by their parent
-        if names.count(r["label"]) > 1:
-            r["label"] = f"{r['dir'].parent.name}/{r['label']}"
+    try:
+        runs = load_runs(run_dirs, warn=lambda m: click.echo(f"warning: {m}", err=True))
+    except ReportError as err:
+        _fail(str(err))
     rows = report_rows(runs)
     rows += seed_rows(rows)
     table = markdown_table(rows)

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .analysis.report import SWEEP_INDEX as INDEX
 from .config import ConfigError, parse, safe_load, set_override
 
-INDEX = "sweep.json"
 _RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
 
 
@@ -144,16 +144,6 @@ def write_index(out: Path, config_path: str, points: list[dict]) -> None:
 
     index = {"config": str(config_path), "points": points}
     atomic_write(out / INDEX, (json.dumps(index, indent=2) + "\n").encode())
-
-
-def read_index(out: Path) -> dict | None:
-    path = Path(out) / INDEX
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return None
 
 
 def run_points(out: Path, config_path, points, run_one: Callable, on: str = "local"):

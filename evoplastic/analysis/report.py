@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -326,3 +327,66 @@ def markdown_table(rows: list[dict]) -> str:
             f" | {_fmt(r.get('iqm'))}{iqm_ci} | {_fmt(r['loss'])} | {r['n']} | {r['diverged']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+SWEEP_INDEX = "sweep.json"  # written by `evoplastic run --seeds/--sweep` (evoplastic.sweep)
+
+
+class ReportError(ValueError):
+    """A directory that cannot be reported (not a run, or unfinished); one line."""
+
+
+def read_index(out: Path) -> dict | None:
+    """The index of a sweep directory (``sweep.json``), or None if ``out`` is not one."""
+    path = Path(out) / SWEEP_INDEX
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def load_runs(run_dirs, warn=lambda message: None) -> list[dict]:
+    """The finished runs of ``run_dirs`` (run directories, or sweep directories, which
+    stand for their finished points) as :func:`report_rows` takes them: each named by its
+    directory, grouped with the runs that differ from it only in the seed."""
+    from ..config import safe_load
+
+    expanded = []  # (run directory, the sweep point without its seed, or None)
+    for run_dir in map(Path, run_dirs):
+        index = read_index(run_dir)
+        if index is None:
+            expanded.append((run_dir, None))
+            continue
+        for p in index["points"]:
+            if p.get("status") != "done":
+                warn(f"{run_dir / p['dir']}: {p.get('status')}; left out")
+                continue
+            point = ",".join(f"{k}={v}" for k, v in p["overrides"].items())
+            expanded.append((run_dir / p["dir"], point or None))
+    runs = []
+    for run_dir, point in expanded:
+        if not (run_dir / "config.yaml").is_file():
+            raise ReportError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+        if not (run_dir / "eval.json").is_file():
+            raise ReportError(
+                f"{str(run_dir)!r} has no eval.json (unfinished run? `evoplastic resume` it)"
+            )
+        data = safe_load((run_dir / "config.yaml").read_text())
+        rest = {k: v for k, v in data.items() if k != "seed"}
+        runs.append(
+            {
+                "dir": run_dir,
+                "label": run_dir.name,
+                "group": f"{data['name']} {point}" if point else data["name"],
+                "group_key": json.dumps(rest, sort_keys=True, default=str),
+                "config": data,
+                "eval": json.loads((run_dir / "eval.json").read_text()),
+            }
+        )
+    names = [r["label"] for r in runs]
+    for r in runs:  # two directories of the same name: tell them apart by their parent
+        if names.count(r["label"]) > 1:
+            r["label"] = f"{r['dir'].parent.name}/{r['label']}"
+    return runs
