@@ -175,6 +175,7 @@ def _resume_config():
     )
 
 
+@pytest.mark.slow  # 34 s; resume exactness keeps its default tests in test_resume.py
 def test_gradient_resume_after_sigkill_is_exact(tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(json.dumps(_resume_config()))
