@@ -8,6 +8,7 @@ from .base import (
     split_key,
     test_instance_keys,
 )
+from .bandit import BanditFamily, BanditTask
 from .control import ENVS, ControlFamily, ControlTask
 from .custom import (
     PYTHON_PREFIX,
@@ -29,6 +30,7 @@ TASKS = {
     "sinusoid": SinusoidFamily,
     "digits": DigitsFamily,
     "patterns": PatternsFamily,
+    "bandit": BanditFamily,
 }
 
 
@@ -44,6 +46,8 @@ def make(name: str, network: dict | None = None, **params) -> TaskFamily:
 
 
 __all__ = [
+    "BanditFamily",
+    "BanditTask",
     "FitnessFn",
     "evaluate_genome",
     "make_genome_evaluator",
