@@ -127,7 +127,8 @@ class ModulatedRecurrentNetwork:
     def genome_parts(self) -> dict:
         """The evolved network parts: fixed weights and biases, read-out, plasticity
         coefficients (when plastic) and the modulatory neuron (``modulation: network``).
-        Weights start at ``N(0, 1/fan_in)``, ``alpha`` and the modulator at zero."""
+        Weights (the modulator's too) start at ``N(0, 1/fan_in)``, biases and ``alpha`` at
+        zero: plasticity then has a first-order effect on the search from the start."""
         n, m = self.hidden, self.n_pre
 
         def normal(shape, fan_in):
@@ -143,7 +144,7 @@ class ModulatedRecurrentNetwork:
             shape = (n, m) if self.alpha == "synapse" else ()
             parts["alpha"] = lambda key: jnp.zeros(shape)
         if self.modulation == "network":
-            parts["w_mod"] = lambda key: jnp.zeros(n + self.n_in)
+            parts["w_mod"] = normal((n + self.n_in,), n + self.n_in)
             parts["b_mod"] = lambda key: jnp.zeros(())
         return parts
 

@@ -1,5 +1,6 @@
 """Task families: what a plastic network should learn, with disjoint meta-train/test splits."""
 
+from .bandit import BanditFamily, BanditTask
 from .base import (
     SPLITS,
     TEST_SEED,
@@ -8,7 +9,6 @@ from .base import (
     split_key,
     test_instance_keys,
 )
-from .bandit import BanditFamily, BanditTask
 from .control import ENVS, ControlFamily, ControlTask
 from .custom import (
     PYTHON_PREFIX,
