@@ -18,6 +18,7 @@ import argparse
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..tasks.bandit import BanditTask
 from ..tasks.base import test_instance_keys
@@ -84,7 +85,6 @@ def evaluate(family, instances: int, algorithms=ALGORITHMS) -> dict:
 def main(argv=None) -> None:
     """Print the algorithms' regret on held-out bandits (mean ± 95% interval)."""
     from .. import tasks
-    from .report import summarize
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arms", type=int, default=2)
@@ -98,11 +98,18 @@ def main(argv=None) -> None:
         p.exit(2, f"error: {err}\n")
     print(f"{args.env} bandit, {args.arms} arms, {args.pulls} pulls, {args.instances} held-out")
     for name, raw in evaluate(family, args.instances).items():
-        s, w = summarize(raw["regret"]), summarize(raw["reward"])
+        s, w = _summary(raw["regret"]), _summary(raw["reward"])
         print(
-            f"  {name:9s} regret {s['mean']:.3f} ± {s['ci95']:.3f} (median {s['median']:.3f})"
-            f"  reward {w['mean']:.2f} ± {w['ci95']:.2f}"
+            f"  {name:9s} regret {s[0]:.3f} ± {s[1]:.3f} (median {s[2]:.3f})"
+            f"  reward {w[0]:.2f} ± {w[1]:.2f}"
         )
+
+
+def _summary(values) -> tuple[float, float, float]:
+    """Mean, half-width of its 95% interval and median (as ``analysis.report.summarize``)."""
+    v = np.asarray(values, np.float64)
+    half = 1.96 * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
+    return float(v.mean()), float(half), float(np.median(v))
 
 
 if __name__ == "__main__":
