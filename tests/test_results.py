@@ -193,7 +193,7 @@ def test_stateful_rule_beats_the_stateless_mlp_rule_of_its_size_on_digits():
 
 # (run, arms): the evolved agent's cumulative regret <= UCB1's on the same 100 held-out
 # bandits (the target), re-evaluated from the committed genome
-BANDITS = [("bandit2", 2)]
+BANDITS = [("bandit2", 2), ("bandit5", 5)]
 
 
 @pytest.mark.parametrize("name,arms", BANDITS)
