@@ -20,6 +20,7 @@ from .custom import (
     make_imported,
 )
 from .evaluation import FitnessFn, evaluate_genome, make_genome_evaluator, task_fitness
+from .metamaze import MazeTask, MetaMazeFamily
 from .patterns import PatternsFamily, PatternsTask
 from .pca import PCAFamily, PCATask
 from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
@@ -31,6 +32,7 @@ TASKS = {
     "digits": DigitsFamily,
     "patterns": PatternsFamily,
     "bandit": BanditFamily,
+    "metamaze": MetaMazeFamily,
 }
 
 
@@ -48,6 +50,8 @@ def make(name: str, network: dict | None = None, **params) -> TaskFamily:
 __all__ = [
     "BanditFamily",
     "BanditTask",
+    "MazeTask",
+    "MetaMazeFamily",
     "FitnessFn",
     "evaluate_genome",
     "make_genome_evaluator",
