@@ -146,3 +146,30 @@ def test_evolution_lowers_the_regret_of_the_modulated_agent(tmp_path):
     assert evolved < 0.75 * ev["uniform"]["regret"]["mean"]
     assert evolved < 0.75 * ev["random"]["regret"]["mean"]
     assert {"ucb1", "thompson", "uniform"} <= set(ev)
+
+
+def test_metamaze_episodes_have_their_own_reward_place_and_pay_per_reward():
+    family = tasks.make(
+        "metamaze", network=NET | {"modulation": "network", "hidden": [4]}, max_steps=100
+    )
+    assert family.network.n_in == 16 and family.network.n_out == 4
+    env, params = tasks.metamaze._env()
+    goals = {
+        tuple(
+            np.asarray(
+                env.reset_env(family.sample(jax.random.PRNGKey(i), s).reset_key, params)[1].goal
+            )
+        )
+        for i in range(10)
+        for s in ("train", "test")
+    }
+    assert len(goals) > 5  # the reward's place is drawn per episode
+    rule, genome = _agent(family)
+    evaluate = jax.jit(
+        jax.vmap(lambda k: family.inner_loop(rule, genome, family.sample(k, "test"))[1])
+    )
+    m = evaluate(jax.random.split(jax.random.PRNGKey(0), 64))
+    np.testing.assert_allclose(m["return"], params.reward * m["rewards"])
+    assert 0 < float(m["rewards"].mean()) < 5  # a random agent stumbles on it now and then
+    with pytest.raises(ValueError, match="task.max_steps"):
+        tasks.make("metamaze", max_steps=0)
