@@ -214,3 +214,21 @@ def test_bandit_agent_regret_is_at_most_ucb1s(name, arms):
         mean = float(np.mean(base[algo]["regret"]))
         assert mean == pytest.approx(want[algo]["regret"]["mean"], abs=1e-3)
     assert got["mean"] <= float(np.mean(base["ucb1"]["regret"]))
+
+
+def test_metamaze_committed_agents_reproduce_and_the_plastic_one_collects_more():
+    """MetaMaze: both committed agents give their committed returns on the 100 held-out
+    episodes; the non-plastic one has at least the plastic one's number of evolved values.
+    The target (95% intervals apart) is not met: the plastic agent's mean is higher, which
+    is what this pins (see docs/results.md)."""
+    got = {}
+    for name in ("metamaze", "metamaze_memory"):
+        exp, genome, committed = _load(name)
+        raw = backends.evaluate_genome(exp.family, exp.rule, genome, 100)
+        got[name] = summarize(raw["return"])
+        want = committed["trained"]["evolved"]["return"]["mean"]
+        assert got[name]["mean"] == pytest.approx(want, abs=1e-3), name
+        got[name]["params"] = len(exp.flat_genome(genome))
+    p, m = got["metamaze"], got["metamaze_memory"]
+    assert m["params"] >= p["params"]
+    assert p["mean"] > m["mean"]
