@@ -118,7 +118,6 @@ def test_network_modulation_option_and_parts():
         build(parse({"task": {"name": "bandit"}, "network": {"kind": "layered"}}))
 
 
-@pytest.mark.integration
 def test_evolution_lowers_the_regret_of_the_modulated_agent(tmp_path):
     """Forty generations of OpenAI-ES take the agent from uniform-like regret (the search's
     initial draw, "random") to well below it on held-out bandits; UCB1 and Thompson are
