@@ -216,19 +216,19 @@ def test_bandit_agent_regret_is_at_most_ucb1s(name, arms):
     assert got["mean"] <= float(np.mean(base["ucb1"]["regret"]))
 
 
-def test_metamaze_committed_agents_reproduce_and_the_plastic_one_collects_more():
+def test_metamaze_plastic_agent_collects_more_than_the_non_plastic_one():
     """MetaMaze: both committed agents give their committed returns on the 100 held-out
-    episodes; the non-plastic one has at least the plastic one's number of evolved values.
-    The target (95% intervals apart) is not met: the plastic agent's mean is higher, which
-    is what this pins (see docs/results.md)."""
+    episodes, and the non-plastic one has at least the plastic one's number of evolved
+    values. Target: the plastic agent collects more, 95% intervals apart. On the 100
+    episodes they overlap; on 1,000 held-out episodes they are apart (see docs/results.md)."""
     got = {}
     for name in ("metamaze", "metamaze_memory"):
         exp, genome, committed = _load(name)
-        raw = backends.evaluate_genome(exp.family, exp.rule, genome, 100)
-        got[name] = summarize(raw["return"])
+        raw = backends.evaluate_genome(exp.family, exp.rule, genome, 1000)
+        first = summarize(raw["return"][:100])
         want = committed["trained"]["evolved"]["return"]["mean"]
-        assert got[name]["mean"] == pytest.approx(want, abs=1e-3), name
-        got[name]["params"] = len(exp.flat_genome(genome))
+        assert first["mean"] == pytest.approx(want, abs=1e-3), name
+        got[name] = summarize(raw["return"]) | {"params": len(exp.flat_genome(genome))}
     p, m = got["metamaze"], got["metamaze_memory"]
     assert m["params"] >= p["params"]
-    assert p["mean"] > m["mean"]
+    assert p["mean"] - p["ci95"] > m["mean"] + m["ci95"], (p, m)
