@@ -451,10 +451,23 @@ def _run_genome(run_dir: Path, exp):
     show_default=True,
     help="The run's rule, or its distilled equation (distilled.json, from `evoplastic distill`).",
 )
-def eval_(run_dir, overrides, instances, as_json, which):
+@click.option(
+    "--sweep",
+    metavar="TASK_PARAM=V1,V2,...",
+    help="Evaluate at every value of one task parameter (e.g. shots=5,10,20) and plot the "
+    "headline metric against it for the rule and every baseline.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --sweep: where to draw the figure (default RUN_DIR/sweep_PARAM.png).",
+)
+def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path):
     """Evaluate a run's rule on held-out instances, next to Oja's and Hebb's rules.
 
-    TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension.
+    TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension;
+    --sweep evaluates along one task parameter, e.g. `--sweep shots=5,10,20`.
     """
     from .analysis import evaluation
     from .config import ConfigError
@@ -462,6 +475,11 @@ def eval_(run_dir, overrides, instances, as_json, which):
 
     _run_dir_config(run_dir)
     warn_if_changed(run_dir, lambda m: click.echo(f"warning: {m}", err=True))
+    if sweep is not None:
+        _eval_sweep(run_dir, sweep, overrides, instances, as_json, which, plot_path)
+        return
+    if plot_path is not None:
+        _fail("--plot draws a sweep: give --sweep TASK_PARAM=V1,V2,... with it")
     try:
         cfg, task = evaluation.config_with_task(run_dir, overrides)
     except ConfigError as err:
@@ -490,6 +508,52 @@ def eval_(run_dir, overrides, instances, as_json, which):
     for row in rows:
         out.add_row(*row)
     Console(width=160).print(out)
+
+
+def _eval_sweep(run_dir, sweep, overrides, instances, as_json, which, plot_path):
+    """``eval --sweep``: every value's config is checked before anything is evaluated or
+    written; then a table (or JSON) and the figure."""
+    from .analysis import evaluation
+    from .config import ConfigError
+
+    try:
+        param, configs = evaluation.sweep_configs(run_dir, sweep, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    name = param.removeprefix("task.")
+    path = plot_path or Path(run_dir) / f"sweep_{name}.png"
+    if not path.parent.is_dir():
+        _fail(f"--plot {path}: the folder {path.parent} does not exist")
+    exps = [(value, _build(cfg)) for value, cfg in configs]
+    by_value = {}
+    for value, exp in exps:
+        genome = _run_genome(run_dir, exp)
+        if which == "distilled":
+            exp, genome = _distilled(run_dir, exp.config, genome)
+        click.echo(f"{name}={value}: evaluating on {instances} held-out instances", err=True)
+        by_value[value] = evaluation.evaluate_run(exp, genome, instances)
+    from .analysis.plots import sweep_curves
+
+    metric = evaluation.headline_metric(next(iter(by_value.values())))
+    title = f"{Path(run_dir).name}: held-out {metric} against {name} ({instances} instances)"
+    sweep_curves(param, by_value, metric, path, title=title)
+    if as_json:
+        from .trainer import _json_safe
+
+        report = {"run_dir": str(run_dir), "instances": instances, "sweep": param}
+        click.echo(json.dumps(_json_safe(report | {"values": by_value}), indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        out = Table(title=f"{run_dir} on {instances} held-out instances, {name} swept")
+        columns, rows = evaluation.sweep_table(param, by_value)
+        for column in columns:
+            out.add_column(column)
+        for row in rows:
+            out.add_row(*row)
+        Console(width=200).print(out)
+    click.echo(f"wrote {path}", err=True)
 
 
 @cli.command()

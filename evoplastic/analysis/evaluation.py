@@ -57,3 +57,51 @@ def table(results: dict) -> tuple[list[str], list[list[str]]]:
         row.append(str(res["loss"]["nonfinite"]))
         rows.append(row)
     return columns, rows
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """``"shots=5,10,20"`` -> ``("task.shots", ["5", "10", "20"])``; a
+    :class:`~evoplastic.config.ConfigError` for anything else."""
+    from ..config import ConfigError
+
+    name, sep, values = text.partition("=")
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not name.strip() or len(items) < 2:
+        raise ConfigError(
+            f"--sweep {text!r}: expected TASK_PARAM=V1,V2[,...] (two values at least), "
+            "e.g. --sweep shots=5,10,20"
+        )
+    (assignment,) = task_assignments([f"{name.strip()}=x"])
+    return assignment.split("=", 1)[0], items
+
+
+def sweep_configs(run_dir: Path, sweep: str, items) -> tuple[str, list[tuple[str, Config]]]:
+    """The run's config at every value of a swept task parameter (with the other
+    ``TASK_PARAM=VALUE`` changes), every one checked before anything is evaluated."""
+    param, values = parse_sweep(sweep)
+    fixed = [i for i in task_assignments(items) if i.split("=", 1)[0] != param]
+    return param, [(v, config_with_task(run_dir, [*fixed, f"{param}={v}"])[0]) for v in values]
+
+
+def headline_metric(results: dict) -> str:
+    """The metric a sweep plots: accuracy where the task reports it, else the loss."""
+    metrics = next(iter(results.values()))
+    return "accuracy" if "accuracy" in metrics else "loss"
+
+
+def sweep_table(param: str, by_value: dict) -> tuple[list[str], list[list[str]]]:
+    """``(columns, rows)``: per rule, the headline metric's mean ± 95% interval at every value
+    and the diverged instances summed over values."""
+    first = next(iter(by_value.values()))
+    metric = headline_metric(first)
+    columns = ["rule", *(f"{param.removeprefix('task.')}={v} {metric}" for v in by_value)]
+    columns.append("diverged")
+    rows = []
+    for name in first:
+        row = [name]
+        for results in by_value.values():
+            s = results[name][metric]
+            row.append(f"{s['mean']:.4g} ± {s['ci95']:.2g}")
+        row.append(str(sum(r[name]["loss"]["nonfinite"] for r in by_value.values())))
+        rows.append(row)
+    return columns, rows
