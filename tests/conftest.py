@@ -136,9 +136,34 @@ INTEGRATION_TESTS = {
 }
 
 
+# The files whose tests take longest in all (measured with --durations), longest first. They
+# run first, so that the two pytest-xdist workers end on short tests: the scheduler never
+# takes a worker's last two queued tests from it, and a long test there is a long tail.
+LONGEST_FILES = [
+    "test_resume.py",
+    "test_results.py",
+    "test_docs.py",
+    "test_cli.py",
+    "test_strategies.py",
+    "test_distill.py",
+    "test_gradient.py",
+    "test_supervised.py",
+    "test_control.py",
+    "test_patterns.py",
+    "test_backend.py",
+    "test_oja.py",
+    "test_feedback.py",
+    "test_bench.py",
+    "test_sweep.py",
+]
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = Path(str(item.fspath)).name
         name = f"{path}::{item.originalname or item.name}"
         if path in INTEGRATION_FILES or name in INTEGRATION_TESTS:
             item.add_marker(pytest.mark.integration)
+    # longest files first; a file's tests stay together and in their order (module fixtures)
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))

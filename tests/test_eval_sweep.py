@@ -6,19 +6,11 @@ import jax.numpy as jnp
 import pytest
 
 from evoplastic.analysis import evaluation
-from evoplastic.cli import main
 from evoplastic.config import ConfigError
 
 from .conftest import small_config
 from .rundirs import fake_run
-
-
-def call(argv) -> int:
-    try:
-        main(argv)
-    except SystemExit as stop:
-        return stop.code
-    return 0
+from .test_plots import call
 
 
 @pytest.fixture
