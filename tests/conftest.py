@@ -133,6 +133,7 @@ INTEGRATION_TESTS = {
     "test_stateful.py::test_trained_by_es",
     "test_stateful.py::test_trained_by_backprop",
     "test_stateful.py::test_distilled_through_its_read_out",
+    "test_bandit.py::test_evolution_lowers_the_regret_of_the_modulated_agent",
 }
 
 

@@ -19,9 +19,11 @@ BASELINES = ("oja", "hebb")  # fixed rules compared on every task; see baselines
 def baselines_for(family) -> tuple[str, ...]:
     """The fixed rules a task is compared with: ``oja`` and ``hebb`` everywhere, ``bcm`` on
     unsupervised (pca-like) tasks and feedback alignment (``fa``) on supervised ones."""
-    from ..tasks import PCAFamily
+    from ..tasks import BanditFamily, PCAFamily
     from .baselines import supports_backprop
 
+    if isinstance(family, BanditFamily):  # bandit algorithms instead (bandit_baselines)
+        return ()
     if supports_backprop(family):
         return (*BASELINES, "fa")
     if isinstance(family, PCAFamily):
@@ -159,6 +161,7 @@ def evaluate_final(exp, genome, instances: int, baselines=None) -> dict:
     Returns ``{variant: {rule_name: {metric: summary}}}``; the variant ``"trained"`` is the
     training task, others come from ``config.test.variants``.
     """
+    from ..tasks import BanditFamily
     from .baselines import evaluate_backprop, evaluate_tuned_rule, supports_backprop
 
     if not getattr(exp.family, "uses_rules", True):  # a fitness function: no rule baselines
@@ -184,6 +187,11 @@ def evaluate_final(exp, genome, instances: int, baselines=None) -> dict:
             else:
                 raw = evaluate_genome(plain, rules.make(name), jnp.zeros((0,)), instances)
             results[vname][name] = {k: summarize(v) for k, v in raw.items()}
+        if isinstance(family, BanditFamily):  # UCB1, Thompson, uniform on the same episodes
+            from .bandit_baselines import evaluate as evaluate_bandit
+
+            for name, raw in evaluate_bandit(family, instances).items():
+                results[vname][name] = {k: summarize(v) for k, v in raw.items()}
         if supports_backprop(family):
             init_ws = exp.rule.weights(genome) if exp.rule.weights is not None else None
             for opt in ("sgd", "adam"):
@@ -216,6 +224,9 @@ CANDIDATE_NAMES = {
     "fa": "feedback alignment (fixed)",
     "sgd": "SGD (backprop)",
     "adam": "Adam (backprop)",
+    "ucb1": "UCB1",
+    "thompson": "Thompson sampling",
+    "uniform": "uniform pulls",
 }
 
 

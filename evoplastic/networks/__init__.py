@@ -4,6 +4,7 @@ import dataclasses
 
 from .layered import FEEDBACK, MODULATION, LayeredNetwork, LayeredState
 from .lif import LIFNetwork, LIFState
+from .modulated_recurrent import ModulatedRecurrentNetwork, ModulatedRecurrentState
 from .plastic_recurrent import PlasticRecurrentNetwork, PlasticRecurrentState
 from .rate import ACTIVATIONS, RateNetwork, RateState
 from .recurrent import RecurrentNetwork
@@ -14,6 +15,7 @@ NETWORKS = {
     "recurrent": RecurrentNetwork,
     "lif": LIFNetwork,
     "plastic_recurrent": PlasticRecurrentNetwork,
+    "modulated_recurrent": ModulatedRecurrentNetwork,
 }
 KINDS = ("default", *NETWORKS)
 
@@ -37,6 +39,10 @@ def from_options(options: dict | None, n_in: int, n_out: int, default: str = "la
         if kind != default:
             raise ValueError(f"network.kind: {kind!r} does not fit this task")
         return PlasticRecurrentNetwork.from_options(opts, n_in)
+    if "modulated_recurrent" in (kind, default):  # an agent: input and recurrent activity
+        if kind != default:
+            raise ValueError(f"network.kind: {kind!r} does not fit this task")
+        return ModulatedRecurrentNetwork.from_options(opts, n_in, n_out)
     opts.pop("plastic", None)
     if kind in ("layered", "recurrent"):
         if default not in ("layered", "recurrent"):
@@ -68,6 +74,8 @@ __all__ = [
     "NETWORKS",
     "LIFNetwork",
     "LIFState",
+    "ModulatedRecurrentNetwork",
+    "ModulatedRecurrentState",
     "PlasticRecurrentNetwork",
     "PlasticRecurrentState",
     "LayeredNetwork",

@@ -1,5 +1,6 @@
 """Task families: what a plastic network should learn, with disjoint meta-train/test splits."""
 
+from .bandit import BanditFamily, BanditTask
 from .base import (
     SPLITS,
     TEST_SEED,
@@ -19,6 +20,7 @@ from .custom import (
     make_imported,
 )
 from .evaluation import FitnessFn, evaluate_genome, make_genome_evaluator, task_fitness
+from .metamaze import MazeTask, MetaMazeFamily
 from .patterns import PatternsFamily, PatternsTask
 from .pca import PCAFamily, PCATask
 from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
@@ -29,6 +31,8 @@ TASKS = {
     "sinusoid": SinusoidFamily,
     "digits": DigitsFamily,
     "patterns": PatternsFamily,
+    "bandit": BanditFamily,
+    "metamaze": MetaMazeFamily,
 }
 
 
@@ -44,6 +48,10 @@ def make(name: str, network: dict | None = None, **params) -> TaskFamily:
 
 
 __all__ = [
+    "BanditFamily",
+    "BanditTask",
+    "MazeTask",
+    "MetaMazeFamily",
     "FitnessFn",
     "evaluate_genome",
     "make_genome_evaluator",
