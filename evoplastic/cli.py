@@ -754,6 +754,12 @@ def list_():
     type=click.IntRange(min=0),
     help="evaluation.shard_size, with --only; 0 evaluates the whole population at once.",
 )
+@click.option(
+    "--peers",
+    is_flag=True,
+    help="Only the comparison with EvoJAX and hand-written JAX loops (CartPole, OpenAI-ES;"
+    " needs the `peers` extra).",
+)
 def bench(
     quick,
     json_path,
@@ -765,6 +771,7 @@ def bench(
     only,
     population,
     shard_size,
+    peers,
 ):
     """Generation time against a minimal loop, machine limits, roofline and scaling.
 
@@ -777,6 +784,16 @@ def bench(
         _fail("bench: --population and --shard-size need --only NAME")
     if (ray_address or ray_cases) and not with_ray:
         _fail("bench: --ray-address and --ray-case need --ray")
+    if peers:
+        from .studies import peers as peer_bench
+
+        try:
+            results = {"peers": peer_bench.run_peers(quick=quick, echo=click.echo)}
+        except peer_bench.EvoJAXMissing as err:
+            _fail(str(err))
+        if json_path:
+            json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        return
     if with_ray and ray_cases and not only:  # the Ray measurements alone
         from .backends import BackendError
         from .studies.bench_ray import run_ray_bench
