@@ -760,6 +760,18 @@ def list_():
     help="Only the comparison with EvoJAX and hand-written JAX loops (CartPole, OpenAI-ES;"
     " needs the `peers` extra).",
 )
+@click.option(
+    "--large",
+    is_flag=True,
+    help="Only the large genomes: time and memory per generation of OpenAI-ES and SNES on"
+    " per-synapse rules of about 1e5 and 1e6 numbers (population 256).",
+)
+@click.option(
+    "--to-result",
+    is_flag=True,
+    help="Only the seconds until a run meets its result's bar (experiments/oja.yaml;"
+    " the shared CartPole rule reaching 475).",
+)
 def bench(
     quick,
     json_path,
@@ -772,6 +784,8 @@ def bench(
     population,
     shard_size,
     peers,
+    large,
+    to_result,
 ):
     """Generation time against a minimal loop, machine limits, roofline and scaling.
 
@@ -784,6 +798,18 @@ def bench(
         _fail("bench: --population and --shard-size need --only NAME")
     if (ray_address or ray_cases) and not with_ray:
         _fail("bench: --ray-address and --ray-case need --ray")
+    if large or to_result:
+        from .studies.bench import bench_large
+        from .studies.to_result import run_to_result
+
+        results = {}
+        if large:
+            results["large"] = bench_large(reps=2 if quick else 3, echo=click.echo)
+        if to_result:
+            results["to_result"] = run_to_result(echo=click.echo)
+        if json_path:
+            json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        return
     if peers:
         from .studies import peers as peer_bench
 

@@ -289,7 +289,8 @@ class LayeredNetwork:
         modulator: jax.Array | None = None,
     ) -> LayeredState:
         """Apply the rule to every layer, given the activities of a forward pass."""
-        lr_t = self.lr / (1.0 + self.lr_decay * state.t)
+        # without decay the step is a constant (the same float32 value), folded by XLA
+        lr_t = self.lr if not self.lr_decay else self.lr / (1.0 + self.lr_decay * state.t)
         parts = rule.parts(genome) if rule.parts is not None else None
         needs_parts = self.feedback in ("learned", "synthetic") or self.modulation != "none"
         if parts is None and needs_parts:

@@ -458,6 +458,69 @@ def bench_memory(lengths=MEMORY_LENGTHS, echo=print) -> list[dict]:
     return rows
 
 
+# Large genomes: a per-synapse ABCD rule (5 numbers a synapse) on a 4-H-H-2 network, so
+# that the genome holds about 1e5 (H = 138) and 1e6 (H = 444) numbers; short CartPole
+# episodes keep the inner loop from hiding the strategy's own cost.
+LARGE_HIDDEN = (138, 444)
+LARGE_STRATEGIES = ("open_es", "snes")
+
+
+def large_config(hidden: int, strategy: str, population: int = 256, steps: int = 50) -> dict:
+    """The config of one large-genome case (see :data:`LARGE_HIDDEN`)."""
+    return {
+        "task": _CARTPOLE | {"max_steps": steps},
+        "network": _LAYERED | {"hidden": [hidden, hidden]},
+        "rule": {"name": "abcd", "per_synapse": True},
+        "strategy": {"name": strategy, "population_size": population, "std_init": 0.1},
+        "evaluation": {"instances": 1, "shard_size": 64},
+    }
+
+
+def bench_large(
+    reps: int = 3, echo=print, hidden=LARGE_HIDDEN, strategies=LARGE_STRATEGIES, population=256
+) -> list[dict]:
+    """Time and memory per generation against genome size, for each diagonal strategy.
+
+    Memory is XLA's estimate of the largest compiled piece (:func:`_step_memory`); the
+    growth figures compare each size with the smallest.
+    """
+    rows = []
+    for strategy in strategies:
+        base = None
+        for h in hidden:
+            exp = build(config.parse(large_config(h, strategy, population)))
+            genome = int(sum(x.size for x in jax.tree.leaves(exp.genome_template)))
+            loop = _Loop(exp)
+            compile_s = _timed(loop)
+            loop()  # state types settle
+            med = statistics.median(_timed(loop) for _ in range(reps))
+            mem = _step_memory(exp)
+            r = {
+                "strategy": strategy,
+                "population": population,
+                "hidden": h,
+                "synapses": _synapses(exp),
+                "genome": genome,
+                "gen_median_s": med,
+                "compile_s": compile_s,
+                "step_memory_bytes": mem,
+            }
+            base = base or r
+            r["time_growth"] = med / base["gen_median_s"]
+            r["genome_growth"] = genome / base["genome"]
+            if mem and base["step_memory_bytes"]:
+                r["memory_growth"] = mem / base["step_memory_bytes"]
+            rows.append(r)
+            echo(
+                f"large {strategy:>8} pop {population}  genome {genome:>9,}"
+                f" ({r['synapses']:,} synapses)  gen {med * 1e3:9.1f} ms"
+                f"  (x{r['time_growth']:.2f} for x{r['genome_growth']:.2f} genome)"
+                + (f"  step memory {mem / 2**20:.0f} MiB" if mem else "")
+                + (f" (x{r['memory_growth']:.2f})" if "memory_growth" in r else "")
+            )
+    return rows
+
+
 def run_only(
     names, population: int | None, shard_size: int | None, quick: bool = False, echo=print
 ) -> dict:
