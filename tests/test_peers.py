@@ -78,7 +78,7 @@ def test_peers_bench_times_every_side_and_prints_ratios():
     assert r["toolkit/evojax"] == med["toolkit"] / med["evojax"]
     assert r["toolkit/expert"] == med["toolkit"] / med["expert"]
     line = peers._fmt(r)
-    assert "static 4-4-2 4x1" in line and f"toolkit/evojax {r['toolkit/evojax']:.2f}" in line
+    assert "static 4-4-2 4x1" in line and f"toolkit/evojax {r['toolkit/evojax']:.2f} (cpu" in line
 
 
 def test_evojax_loop_learns_with_its_own_classes():

@@ -421,14 +421,17 @@ class ToolkitLoop:
         return m
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
+def _timed(fn) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of one call; the process's CPU time is less disturbed than
+    wall time by other jobs on a shared machine."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_setup(setup: Setup, reps: int, sides=("toolkit", "evojax", "expert")) -> dict:
-    """Median seconds per generation of each side, timed interleaved (compile excluded)."""
+    """Median wall and CPU seconds per generation of each side, timed interleaved (the
+    order rotating every repetition), compile excluded."""
     loops = {}
     for side in sides:
         if side == "toolkit":
@@ -439,19 +442,31 @@ def bench_setup(setup: Setup, reps: int, sides=("toolkit", "evojax", "expert")) 
             tk = loops.get("toolkit") or ToolkitLoop(setup)
             mean = jax.flatten_util.ravel_pytree(tk.exp.genome_template)[0]
             loops[side] = ExpertLoop(setup, jnp.zeros_like(mean), jax.random.PRNGKey(0))
-    compile_s = {k: _timed(loop) for k, loop in loops.items()}
+    compile_s = {k: _timed(loop)[0] for k, loop in loops.items()}
     for loop in loops.values():  # a second call: state types settle (e.g. weak -> strong)
         loop()
-    times = {k: [] for k in loops}
-    for _ in range(reps):  # interleaved: every side sees the same load
-        for k, loop in loops.items():
-            times[k].append(_timed(loop))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"setup": setup.name, "compile_s": compile_s, "times_s": times, "median_s": med}
+    wall, cpu = {k: [] for k in loops}, {k: [] for k in loops}
+    names = list(loops)
+    for rep in range(reps):  # interleaved: every side sees the same load
+        for k in names[rep % len(names) :] + names[: rep % len(names)]:
+            w, c = _timed(loops[k])
+            wall[k].append(w)
+            cpu[k].append(c)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    out = {
+        "setup": setup.name,
+        "compile_s": compile_s,
+        "times_s": wall,
+        "cpu_times_s": cpu,
+        "median_s": med,
+        "median_cpu_s": med_cpu,
+    }
     if "toolkit" in med:
         for k in med:
             if k != "toolkit":
                 out[f"toolkit/{k}"] = med["toolkit"] / med[k]
+                out[f"toolkit/{k} cpu"] = med_cpu["toolkit"] / med_cpu[k]
     return out
 
 
@@ -460,7 +475,7 @@ def _fmt(r: dict) -> str:
     text = f"{r['setup']:>26}  " + "  ".join(f"{k} {v * 1e3:8.1f} ms" for k, v in med.items())
     for k in ("evojax", "expert"):
         if f"toolkit/{k}" in r:
-            text += f"  toolkit/{k} {r[f'toolkit/{k}']:.2f}"
+            text += f"  toolkit/{k} {r[f'toolkit/{k}']:.2f} (cpu {r[f'toolkit/{k} cpu']:.2f})"
     return text
 
 
@@ -471,7 +486,8 @@ def run_peers(quick: bool = False, echo=print, setups=SETUPS) -> dict:
     device = jax.devices()[0]
     echo(
         f"evoplastic bench --peers on {device.device_kind} ({jax.default_backend()}),"
-        f" {reps} generations per side, interleaved; CartPole-v1, {STEPS} steps, OpenAI-ES"
+        f" {reps} generations per side, interleaved; CartPole-v1, {STEPS} steps, OpenAI-ES;"
+        " medians of wall time (and of the process's CPU time)"
     )
     rows = []
     for setup in setups:
