@@ -745,8 +745,9 @@ def list_():
     "--ray-case",
     "ray_cases",
     multiple=True,
-    type=click.Choice(["heavy", "gradient", "dispatch", "bytes"]),
-    help="With --ray: only these measurements (repeatable; default all).",
+    type=click.Choice(["heavy", "gradient", "dispatch", "bytes", "bytes_large"]),
+    help="With --ray: only these measurements (repeatable; default all but bytes_large,"
+    " the bytes at a genome of 1e6 numbers).",
 )
 @click.option("--population", type=click.IntRange(min=2), help="Population size, with --only.")
 @click.option(

@@ -97,3 +97,29 @@ def test_bench_peers_without_evojax_is_one_line_and_exit_2(monkeypatch, tmp_path
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and "EvoJAX" in lines[0] and "peers" in lines[0]
     assert not out.exists()
+
+
+def test_large_genome_shards_keep_the_plastic_state_in_cache():
+    from evoplastic.studies import bench
+
+    budget = bench.LARGE_SHARD_BYTES // bench.LARGE_BYTES_PER_SYNAPSE
+    for synapses in (19_872, 199_800, 1_000_000, 10 * budget):
+        size = bench.large_shard_size(synapses, 256)
+        assert size >= 1 and size & (size - 1) == 0  # a power of two
+        assert size == 1 or size * synapses <= budget < 2 * size * synapses
+    assert bench.large_shard_size(10, 256) == 256  # never more than the population
+
+
+def test_bench_large_reports_growth_against_the_smallest_genome():
+    from evoplastic.studies import bench
+
+    rows = bench.bench_large(
+        reps=1, echo=lambda *_: None, hidden=(4, 8), strategies=("open_es",), population=4, steps=3
+    )
+    small, big = rows
+    for r, h in ((small, 4), (big, 8)):
+        assert r["synapses"] == 4 * h + h * h + 2 * h
+        assert r["genome"] == 5 * r["synapses"]  # A, B, C, D, eta per synapse
+    assert big["genome_growth"] == big["genome"] / small["genome"]
+    assert big["time_growth"] == big["gen_median_s"] / small["gen_median_s"]
+    assert big["memory_growth"] > 1.0

@@ -491,7 +491,12 @@ def large_config(hidden: int, strategy: str, population: int = 256, steps: int =
 
 
 def bench_large(
-    reps: int = 3, echo=print, hidden=LARGE_HIDDEN, strategies=LARGE_STRATEGIES, population=256
+    reps: int = 3,
+    echo=print,
+    hidden=LARGE_HIDDEN,
+    strategies=LARGE_STRATEGIES,
+    population=256,
+    steps: int = 50,
 ) -> list[dict]:
     """Time and memory per generation against genome size, for each diagonal strategy.
 
@@ -502,7 +507,7 @@ def bench_large(
     for strategy in strategies:
         base = None
         for h in hidden:
-            exp = build(config.parse(large_config(h, strategy, population)))
+            exp = build(config.parse(large_config(h, strategy, population, steps)))
             genome = int(sum(x.size for x in jax.tree.leaves(exp.genome_template)))
             loop = _Loop(exp)
             compile_s = _timed(loop)
