@@ -809,14 +809,33 @@ def list_():
     "--ray-case",
     "ray_cases",
     multiple=True,
-    type=click.Choice(["heavy", "gradient", "dispatch", "bytes"]),
-    help="With --ray: only these measurements (repeatable; default all).",
+    type=click.Choice(["heavy", "gradient", "dispatch", "bytes", "bytes_large"]),
+    help="With --ray: only these measurements (repeatable; default all but bytes_large,"
+    " the bytes at a genome of 1e6 numbers).",
 )
 @click.option("--population", type=click.IntRange(min=2), help="Population size, with --only.")
 @click.option(
     "--shard-size",
     type=click.IntRange(min=0),
     help="evaluation.shard_size, with --only; 0 evaluates the whole population at once.",
+)
+@click.option(
+    "--peers",
+    is_flag=True,
+    help="Only the comparison with EvoJAX and hand-written JAX loops (CartPole, OpenAI-ES;"
+    " needs the `peers` extra).",
+)
+@click.option(
+    "--large",
+    is_flag=True,
+    help="Only the large genomes: time and memory per generation of OpenAI-ES and SNES on"
+    " per-synapse rules of about 1e5 and 1e6 numbers (population 256).",
+)
+@click.option(
+    "--to-result",
+    is_flag=True,
+    help="Only the seconds until a run meets its result's bar (experiments/oja.yaml;"
+    " the shared CartPole rule reaching 475).",
 )
 def bench(
     quick,
@@ -829,6 +848,9 @@ def bench(
     only,
     population,
     shard_size,
+    peers,
+    large,
+    to_result,
 ):
     """Generation time against a minimal loop, machine limits, roofline and scaling.
 
@@ -841,6 +863,28 @@ def bench(
         _fail("bench: --population and --shard-size need --only NAME")
     if (ray_address or ray_cases) and not with_ray:
         _fail("bench: --ray-address and --ray-case need --ray")
+    if large or to_result:
+        from .studies.bench import bench_large
+        from .studies.to_result import run_to_result
+
+        results = {}
+        if large:
+            results["large"] = bench_large(reps=2 if quick else 3, echo=click.echo)
+        if to_result:
+            results["to_result"] = run_to_result(echo=click.echo)
+        if json_path:
+            json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        return
+    if peers:
+        from .studies import peers as peer_bench
+
+        try:
+            results = {"peers": peer_bench.run_peers(quick=quick, echo=click.echo)}
+        except peer_bench.EvoJAXMissing as err:
+            _fail(str(err))
+        if json_path:
+            json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        return
     if with_ray and ray_cases and not only:  # the Ray measurements alone
         from .backends import BackendError
         from .studies.bench_ray import run_ray_bench
