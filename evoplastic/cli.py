@@ -454,20 +454,29 @@ def _run_genome(run_dir: Path, exp):
 def eval_(run_dir, overrides, instances, as_json, which):
     """Evaluate a run's rule on held-out instances, next to Oja's and Hebb's rules.
 
-    TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension.
+    TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension;
+    `task=mnist1d network.hidden=[64,64]` carries a digits rule, unchanged, to MNIST-1D on a
+    wider and deeper network.
     """
     from .analysis import evaluation
     from .config import ConfigError
     from .provenance import warn_if_changed
 
-    _run_dir_config(run_dir)
+    source_cfg = _run_dir_config(run_dir)
     warn_if_changed(run_dir, lambda m: click.echo(f"warning: {m}", err=True))
     try:
         cfg, task = evaluation.config_with_task(run_dir, overrides)
     except ConfigError as err:
         _fail(str(err))
     exp = _build(cfg)
-    genome = _run_genome(run_dir, exp)
+    if cfg.task == source_cfg.task and cfg.network == source_cfg.network:
+        genome = _run_genome(run_dir, exp)
+    else:  # another task or network: the run's rule, unchanged, carried to the new network
+        source = _build(source_cfg)
+        try:
+            genome = evaluation.carry_genome(source, _run_genome(run_dir, source), exp)
+        except ValueError as err:
+            _fail(str(err))
     if which == "distilled":
         exp, genome = _distilled(run_dir, cfg, genome)
     results = evaluation.evaluate_run(exp, genome, instances)

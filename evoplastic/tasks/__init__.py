@@ -19,6 +19,7 @@ from .custom import (
     make_imported,
 )
 from .evaluation import FitnessFn, evaluate_genome, make_genome_evaluator, task_fitness
+from .mnist1d import MNIST1DFamily
 from .patterns import PatternsFamily, PatternsTask
 from .pca import PCAFamily, PCATask
 from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
@@ -28,6 +29,7 @@ TASKS = {
     "control": ControlFamily,
     "sinusoid": SinusoidFamily,
     "digits": DigitsFamily,
+    "mnist1d": MNIST1DFamily,
     "patterns": PatternsFamily,
 }
 
@@ -50,6 +52,7 @@ __all__ = [
     "task_fitness",
     "CheckedFamily",
     "DigitsFamily",
+    "MNIST1DFamily",
     "FitnessError",
     "FitnessTask",
     "check_fitness",
