@@ -39,7 +39,8 @@ def _new_task_section(task: dict, name: str) -> dict:
 
     family = tasks.TASKS.get(name)
     accepted = {f.name for f in dataclasses.fields(family)} if family else set()
-    return {"name": name} | {k: task[k] for k in CARRIED_TASK_OPTIONS if k in task and k in accepted}
+    carried = {k: task[k] for k in CARRIED_TASK_OPTIONS if k in task and k in accepted}
+    return {"name": name} | carried
 
 
 def config_with_task(run_dir: Path, items) -> tuple[Config, dict]:
@@ -124,9 +125,11 @@ def carry_genome(source_exp, genome, target_exp):
     if shapes(genome) == shapes(target_exp.genome_template):
         return genome
     cfg = source_exp.config
-    template = np.asarray(target_exp.genome_template) if not isinstance(
-        target_exp.genome_template, (dict, list, tuple)
-    ) else None
+    template = (
+        np.asarray(target_exp.genome_template)
+        if not isinstance(target_exp.genome_template, (dict, list, tuple))
+        else None
+    )
     per_layer = cfg.rule.get("name") == "polynomial" and cfg.rule.get("per_layer")
     if not per_layer or template is None or np.ndim(genome) != 2 or template.ndim != 2:
         raise ValueError(

@@ -67,6 +67,7 @@ class MNIST1DFamily(_Supervised):
     query_per_class: int = 10
     epochs: int = 1
     input_scale: float = 1.0
+    input_offset: float = 0.0
 
     metric_names = ("accuracy",)
     classification = True
@@ -81,6 +82,8 @@ class MNIST1DFamily(_Supervised):
             raise ValueError("task.shots + task.query_per_class: must be <= 80")
         if not self.input_scale > 0:
             raise ValueError(f"task.input_scale: must be > 0, got {self.input_scale}")
+        if not np.isfinite(self.input_offset):
+            raise ValueError(f"task.input_offset: must be finite, got {self.input_offset}")
 
     @property
     def support_size(self) -> int:
@@ -100,7 +103,7 @@ class MNIST1DFamily(_Supervised):
         scores = jax.random.uniform(k[1], (self.ways, y_all.shape[0]))
         member = jnp.asarray(y_all)[None, :] == chosen[:, None]
         idx = jnp.argsort(jnp.where(member, scores, 2.0), axis=1)[:, :n]  # [ways, n]
-        x = self.input_scale * jnp.asarray(x_all)[idx]  # [ways, n, 40]
+        x = self.input_scale * jnp.asarray(x_all)[idx] + self.input_offset  # [ways, n, 40]
         onehot = jnp.broadcast_to(jnp.eye(self.ways)[:, None, :], (self.ways, n, self.ways))
         sx = x[:, : self.shots].reshape(-1, N_IN)
         sy = onehot[:, : self.shots].reshape(-1, self.ways)
