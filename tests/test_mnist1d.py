@@ -1,13 +1,17 @@
 """MNIST-1D: the task family, layer-local training, and a digits rule carried to it."""
 
+import json
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from evoplastic import tasks
-from evoplastic.analysis import baselines
+from evoplastic import build, tasks
+from evoplastic.analysis import baselines, evaluation
+from evoplastic.config import load
 from evoplastic.tasks.mnist1d import _mnist1d
 
 NET = {"hidden": [16, 16], "feedback": "random", "output_activation": "linear", "lr": 1.0,
@@ -104,3 +108,54 @@ def test_layer_local_learns():
     )(keys)[1]["accuracy"]
     assert float(np.mean(res["accuracy"])) > 0.15
     assert float(np.mean(res["accuracy"])) > float(np.mean(untrained)) + 0.04
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
+
+
+def test_task_change_replaces_the_task_section_and_keeps_the_episode_shape():
+    cfg, changes = evaluation.config_with_task(
+        RESULTS / "digits", ["task=mnist1d", "network.hidden=[64,64]", "input_scale=0.5"]
+    )
+    want = {"name": "mnist1d", "shots": 5, "query_per_class": 10, "epochs": 3, "input_scale": 0.5}
+    assert {k: cfg.task[k] for k in want} == want
+    assert cfg.task["ways"] == 10  # MNIST-1D's default, not the digits run's 5
+    assert "train_classes" not in cfg.task
+    assert tuple(cfg.network.hidden) == (64, 64)
+    assert changes["task.name"] == "mnist1d"
+
+
+def test_a_per_layer_rule_is_carried_to_a_deeper_network():
+    """Hidden layers reuse the run's hidden-layer coefficients, the output layer keeps its
+    own; a rule shared by every synapse passes unchanged."""
+    src = build(load(RESULTS / "digits" / "config.yaml"))
+    g = np.arange(16.0, dtype=np.float32).reshape(2, 8)
+    cfg, _ = evaluation.config_with_task(RESULTS / "digits", ["network.hidden=[8,8,8]"])
+    carried = np.asarray(evaluation.carry_genome(src, g, build(cfg)))
+    np.testing.assert_array_equal(carried, g[[0, 0, 0, 1]])
+    mlp = build(load(RESULTS / "digits_mlp" / "config.yaml"))
+    cfg, _ = evaluation.config_with_task(RESULTS / "digits_mlp", ["network.hidden=[8,8]"])
+    assert evaluation.carry_genome(mlp, mlp.genome_template, build(cfg)) is mlp.genome_template
+
+
+def test_committed_transfer_to_mnist1d_reproduces():
+    """The committed digits rule on MNIST-1D (hidden [64, 64], inputs x 0.02): the first
+    8 held-out instances give the committed accuracies (tolerance 0.011: one query example
+    of 100), none diverges; and the committed figures say what docs/results.md says."""
+    committed = json.loads((RESULTS / "digits" / "mnist1d.json").read_text())
+    items = ["task=mnist1d", "network.hidden=[64,64]", "input_scale=0.02"]
+    assert committed["task_overrides"] == {
+        "task.name": "mnist1d", "network.hidden": "[64,64]", "task.input_scale": "0.02"
+    }  # fmt: skip
+    run = RESULTS / "digits"
+    source = build(load(run / "config.yaml"))
+    flat = json.loads((run / "best_rule.json").read_text())["genome_flat"]
+    cfg, _ = evaluation.config_with_task(run, items)
+    exp = build(cfg)
+    genome = evaluation.carry_genome(source, source.unflatten_genome(flat), exp)
+    raw = tasks.evaluate_genome(exp.family, exp.rule, genome, 8)
+    got = np.asarray(raw["accuracy"])
+    np.testing.assert_allclose(got, committed["first_instances"]["accuracy"], atol=0.011)
+    assert np.isfinite(np.asarray(raw["loss"])).all()
+    acc = {k: v["accuracy"]["mean"] for k, v in committed["rules"].items()}
+    assert acc["evolved"] >= acc["sgd"] and acc["evolved"] >= acc["adam"] - 0.05
