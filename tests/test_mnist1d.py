@@ -14,6 +14,8 @@ from evoplastic.analysis import baselines, evaluation
 from evoplastic.config import load
 from evoplastic.tasks.mnist1d import _mnist1d
 
+from .conftest import run_cli
+
 NET = {"hidden": [16, 16], "feedback": "random", "output_activation": "linear", "lr": 1.0,
        "lr_decay": 0.0, "w_init_std": 0.3}  # fmt: skip
 
@@ -159,3 +161,24 @@ def test_committed_transfer_to_mnist1d_reproduces():
     assert np.isfinite(np.asarray(raw["loss"])).all()
     acc = {k: v["accuracy"]["mean"] for k, v in committed["rules"].items()}
     assert acc["evolved"] >= acc["sgd"] and acc["evolved"] >= acc["adam"] - 0.05
+
+
+def test_eval_on_another_task_fails_with_one_line_on_bad_input():
+    proc = run_cli("eval", RESULTS / "digits", "task=nosuch")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "task.name" in proc.stderr
+    # learned feedback matrices are sized by the network: they cannot be carried
+    proc = run_cli("eval", RESULTS / "sinusoid_learned_feedback", "network.hidden=[8,8]")
+    assert proc.returncode == 2 and "cannot be carried" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_eval_carries_the_digits_rule_to_mnist1d_with_every_baseline():
+    args = ["task=mnist1d", "network.hidden=[8,8]", "input_scale=0.02", "shots=2", "epochs=1"]
+    proc = run_cli("eval", RESULTS / "digits", *args, "--instances", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)["rules"]
+    for name in ("evolved", "fa", "sgd", "adam", "local_sgd", "local_adam"):
+        assert res[name]["accuracy"]["n"] == 4
+    assert res["evolved"]["loss"]["nonfinite"] == 0
