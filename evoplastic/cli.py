@@ -468,15 +468,17 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path):
 
     TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension;
     --sweep evaluates along one task parameter, e.g. `--sweep shots=5,10,20`.
+    `task=mnist1d network.hidden=[64,64]` carries a digits rule, unchanged, to MNIST-1D on a
+    wider and deeper network.
     """
     from .analysis import evaluation
     from .config import ConfigError
     from .provenance import warn_if_changed
 
-    _run_dir_config(run_dir)
+    source_cfg = _run_dir_config(run_dir)
     warn_if_changed(run_dir, lambda m: click.echo(f"warning: {m}", err=True))
     if sweep is not None:
-        _eval_sweep(run_dir, sweep, overrides, instances, as_json, which, plot_path)
+        _eval_sweep(run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path)
         return
     if plot_path is not None:
         _fail("--plot draws a sweep: give --sweep TASK_PARAM=V1,V2,... with it")
@@ -485,7 +487,7 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path):
     except ConfigError as err:
         _fail(str(err))
     exp = _build(cfg)
-    genome = _run_genome(run_dir, exp)
+    genome = _eval_genome(run_dir, source_cfg, exp)
     if which == "distilled":
         exp, genome = _distilled(run_dir, cfg, genome)
     results = evaluation.evaluate_run(exp, genome, instances)
@@ -510,7 +512,22 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path):
     Console(width=160).print(out)
 
 
-def _eval_sweep(run_dir, sweep, overrides, instances, as_json, which, plot_path):
+def _eval_genome(run_dir, source_cfg, exp):
+    """The run's rule for ``exp``: as saved, or carried, unchanged, to another task or
+    network."""
+    from .analysis import evaluation
+
+    cfg = exp.config
+    if cfg.task == source_cfg.task and cfg.network == source_cfg.network:
+        return _run_genome(run_dir, exp)
+    source = _build(source_cfg)
+    try:
+        return evaluation.carry_genome(source, _run_genome(run_dir, source), exp)
+    except ValueError as err:
+        _fail(str(err))
+
+
+def _eval_sweep(run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path):
     """``eval --sweep``: every value's config is checked before anything is evaluated or
     written; then a table (or JSON) and the figure."""
     from .analysis import evaluation
@@ -527,7 +544,7 @@ def _eval_sweep(run_dir, sweep, overrides, instances, as_json, which, plot_path)
     exps = [(value, _build(cfg)) for value, cfg in configs]
     by_value = {}
     for value, exp in exps:
-        genome = _run_genome(run_dir, exp)
+        genome = _eval_genome(run_dir, source_cfg, exp)
         if which == "distilled":
             exp, genome = _distilled(run_dir, exp.config, genome)
         click.echo(f"{name}={value}: evaluating on {instances} held-out instances", err=True)
