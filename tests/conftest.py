@@ -134,6 +134,8 @@ INTEGRATION_TESTS = {
     "test_stateful.py::test_trained_by_backprop",
     "test_stateful.py::test_distilled_through_its_read_out",
     "test_bandit.py::test_evolution_lowers_the_regret_of_the_modulated_agent",
+    "test_peers.py::test_peers_bench_times_every_side_and_prints_ratios",
+    "test_peers.py::test_bench_large_reports_growth_against_the_smallest_genome",
 }
 
 
