@@ -451,23 +451,43 @@ def _run_genome(run_dir: Path, exp):
     show_default=True,
     help="The run's rule, or its distilled equation (distilled.json, from `evoplastic distill`).",
 )
-def eval_(run_dir, overrides, instances, as_json, which):
+@click.option(
+    "--sweep",
+    metavar="TASK_PARAM=V1,V2,...",
+    help="Evaluate at every value of one task parameter (e.g. shots=5,10,20) and plot the "
+    "headline metric against it for the rule and every baseline.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --sweep: where to draw the figure (default RUN_DIR/sweep_PARAM.png).",
+)
+def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path):
     """Evaluate a run's rule on held-out instances, next to Oja's and Hebb's rules.
 
-    TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension.
+    TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension;
+    --sweep evaluates along one task parameter, e.g. `--sweep shots=5,10,20`.
+    `task=mnist1d network.hidden=[64,64]` carries a digits rule, unchanged, to MNIST-1D on a
+    wider and deeper network.
     """
     from .analysis import evaluation
     from .config import ConfigError
     from .provenance import warn_if_changed
 
-    _run_dir_config(run_dir)
+    source_cfg = _run_dir_config(run_dir)
     warn_if_changed(run_dir, lambda m: click.echo(f"warning: {m}", err=True))
+    if sweep is not None:
+        _eval_sweep(run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path)
+        return
+    if plot_path is not None:
+        _fail("--plot draws a sweep: give --sweep TASK_PARAM=V1,V2,... with it")
     try:
         cfg, task = evaluation.config_with_task(run_dir, overrides)
     except ConfigError as err:
         _fail(str(err))
     exp = _build(cfg)
-    genome = _run_genome(run_dir, exp)
+    genome = _eval_genome(run_dir, source_cfg, exp)
     if which == "distilled":
         exp, genome = _distilled(run_dir, cfg, genome)
     results = evaluation.evaluate_run(exp, genome, instances)
@@ -490,6 +510,67 @@ def eval_(run_dir, overrides, instances, as_json, which):
     for row in rows:
         out.add_row(*row)
     Console(width=160).print(out)
+
+
+def _eval_genome(run_dir, source_cfg, exp):
+    """The run's rule for ``exp``: as saved, or carried, unchanged, to another task or
+    network."""
+    from .analysis import evaluation
+
+    cfg = exp.config
+    if cfg.task == source_cfg.task and cfg.network == source_cfg.network:
+        return _run_genome(run_dir, exp)
+    source = _build(source_cfg)
+    try:
+        return evaluation.carry_genome(source, _run_genome(run_dir, source), exp)
+    except ValueError as err:
+        _fail(str(err))
+
+
+def _eval_sweep(run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path):
+    """``eval --sweep``: every value's config is checked before anything is evaluated or
+    written; then a table (or JSON) and the figure."""
+    from .analysis import evaluation
+    from .config import ConfigError
+
+    try:
+        param, configs = evaluation.sweep_configs(run_dir, sweep, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+    name = param.removeprefix("task.")
+    path = plot_path or Path(run_dir) / f"sweep_{name}.png"
+    if not path.parent.is_dir():
+        _fail(f"--plot {path}: the folder {path.parent} does not exist")
+    exps = [(value, _build(cfg)) for value, cfg in configs]
+    by_value = {}
+    for value, exp in exps:
+        genome = _eval_genome(run_dir, source_cfg, exp)
+        if which == "distilled":
+            exp, genome = _distilled(run_dir, exp.config, genome)
+        click.echo(f"{name}={value}: evaluating on {instances} held-out instances", err=True)
+        by_value[value] = evaluation.evaluate_run(exp, genome, instances)
+    from .analysis.plots import sweep_curves
+
+    metric = evaluation.headline_metric(next(iter(by_value.values())))
+    title = f"{Path(run_dir).name}: held-out {metric} against {name} ({instances} instances)"
+    sweep_curves(param, by_value, metric, path, title=title)
+    if as_json:
+        from .trainer import _json_safe
+
+        report = {"run_dir": str(run_dir), "instances": instances, "sweep": param}
+        click.echo(json.dumps(_json_safe(report | {"values": by_value}), indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        out = Table(title=f"{run_dir} on {instances} held-out instances, {name} swept")
+        columns, rows = evaluation.sweep_table(param, by_value)
+        for column in columns:
+            out.add_column(column)
+        for row in rows:
+            out.add_row(*row)
+        Console(width=200).print(out)
+    click.echo(f"wrote {path}", err=True)
 
 
 @cli.command()
@@ -745,14 +826,33 @@ def list_():
     "--ray-case",
     "ray_cases",
     multiple=True,
-    type=click.Choice(["heavy", "gradient", "dispatch", "bytes"]),
-    help="With --ray: only these measurements (repeatable; default all).",
+    type=click.Choice(["heavy", "gradient", "dispatch", "bytes", "bytes_large"]),
+    help="With --ray: only these measurements (repeatable; default all but bytes_large,"
+    " the bytes at a genome of 1e6 numbers).",
 )
 @click.option("--population", type=click.IntRange(min=2), help="Population size, with --only.")
 @click.option(
     "--shard-size",
     type=click.IntRange(min=0),
     help="evaluation.shard_size, with --only; 0 evaluates the whole population at once.",
+)
+@click.option(
+    "--peers",
+    is_flag=True,
+    help="Only the comparison with EvoJAX and hand-written JAX loops (CartPole, OpenAI-ES;"
+    " needs the `peers` extra).",
+)
+@click.option(
+    "--large",
+    is_flag=True,
+    help="Only the large genomes: time and memory per generation of OpenAI-ES and SNES on"
+    " per-synapse rules of about 1e5 and 1e6 numbers (population 256).",
+)
+@click.option(
+    "--to-result",
+    is_flag=True,
+    help="Only the seconds until a run meets its result's bar (experiments/oja.yaml;"
+    " the shared CartPole rule reaching 475).",
 )
 def bench(
     quick,
@@ -765,6 +865,9 @@ def bench(
     only,
     population,
     shard_size,
+    peers,
+    large,
+    to_result,
 ):
     """Generation time against a minimal loop, machine limits, roofline and scaling.
 
@@ -777,6 +880,28 @@ def bench(
         _fail("bench: --population and --shard-size need --only NAME")
     if (ray_address or ray_cases) and not with_ray:
         _fail("bench: --ray-address and --ray-case need --ray")
+    if large or to_result:
+        from .studies.bench import bench_large
+        from .studies.to_result import run_to_result
+
+        results = {}
+        if large:
+            results["large"] = bench_large(reps=2 if quick else 3, echo=click.echo)
+        if to_result:
+            results["to_result"] = run_to_result(echo=click.echo)
+        if json_path:
+            json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        return
+    if peers:
+        from .studies import peers as peer_bench
+
+        try:
+            results = {"peers": peer_bench.run_peers(quick=quick, echo=click.echo)}
+        except peer_bench.EvoJAXMissing as err:
+            _fail(str(err))
+        if json_path:
+            json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        return
     if with_ray and ray_cases and not only:  # the Ray measurements alone
         from .backends import BackendError
         from .studies.bench_ray import run_ray_bench

@@ -134,7 +134,31 @@ INTEGRATION_TESTS = {
     "test_stateful.py::test_trained_by_backprop",
     "test_stateful.py::test_distilled_through_its_read_out",
     "test_bandit.py::test_evolution_lowers_the_regret_of_the_modulated_agent",
+    "test_peers.py::test_peers_bench_times_every_side_and_prints_ratios",
+    "test_peers.py::test_bench_large_reports_growth_against_the_smallest_genome",
 }
+
+
+# The files whose tests take longest in all (measured with --durations), longest first. They
+# run first, so that the two pytest-xdist workers end on short tests: the scheduler never
+# takes a worker's last two queued tests from it, and a long test there is a long tail.
+LONGEST_FILES = [
+    "test_resume.py",
+    "test_results.py",
+    "test_docs.py",
+    "test_cli.py",
+    "test_strategies.py",
+    "test_distill.py",
+    "test_gradient.py",
+    "test_supervised.py",
+    "test_control.py",
+    "test_patterns.py",
+    "test_backend.py",
+    "test_oja.py",
+    "test_feedback.py",
+    "test_bench.py",
+    "test_sweep.py",
+]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -143,3 +167,6 @@ def pytest_collection_modifyitems(config, items):
         name = f"{path}::{item.originalname or item.name}"
         if path in INTEGRATION_FILES or name in INTEGRATION_TESTS:
             item.add_marker(pytest.mark.integration)
+    # longest files first; a file's tests stay together and in their order (module fixtures)
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))

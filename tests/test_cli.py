@@ -18,6 +18,18 @@ def _call(argv, capsys):
     return exit_info.value.code, out.out, out.err
 
 
+def _cli(argv, capsys):
+    """``(exit code, stdout, stderr)`` of the command line run in this process."""
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 BAD = [
     ({"generatons": 3}, [], "generatons: unknown key (did you mean 'generations'?)"),
     ({"generations": "many"}, [], "generations: expected an integer"),
@@ -79,7 +91,9 @@ def test_list_names_every_strategy(capsys):
     assert "pca" in out and "polynomial" in out
 
 
-def test_run_eval_plot_end_to_end(write_config, tmp_path):
+def test_run_eval_plot_end_to_end(write_config, tmp_path, capsys):
+    """The run through the real entry point; then eval, report and plot on its directory
+    (in this process: the same commands, without a new interpreter each)."""
     cfg = small_config(generations=6, test={"variants": {"wide": {"dim": 8}}})
     run_dir = tmp_path / "run"
     proc = run_cli("run", write_config(cfg), "--out", run_dir, "--seed", "3")
@@ -102,29 +116,29 @@ def test_run_eval_plot_end_to_end(write_config, tmp_path):
         "ckpt-00000004.npz",
         "ckpt-00000006.npz",
     ]
-    proc = run_cli("eval", run_dir, "--instances", "12", "--json", "dim=6")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    code, out, err = _cli(["eval", str(run_dir), "--instances", "12", "--json", "dim=6"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
     assert report["task_overrides"] == {"task.dim": "6"} and report["instances"] == 12
     res = report["rules"]
     assert set(res) == {"evolved", "random", "oja", "hebb", "bcm"}  # bcm: pca is unsupervised
     assert res["evolved"]["alignment"]["n"] == 12
     assert res["oja"]["alignment"]["median"] > 0.9  # Oja's rule does PCA at dim 6 as well
-    proc = run_cli("eval", run_dir, "--instances", "5")
-    assert proc.returncode == 0 and "evolved" in proc.stdout and "oja" in proc.stdout
-    proc = run_cli("eval", run_dir, "dimm=6")
-    assert proc.returncode == 2 and "task.dimm: unknown key" in proc.stderr
-    proc = run_cli("report", run_dir, "--plot", tmp_path / "report.png")
-    assert proc.returncode == 0, proc.stderr
+    code, out, _ = _cli(["eval", str(run_dir), "--instances", "5"], capsys)
+    assert code == 0 and "evolved" in out and "oja" in out
+    code, _, err = _cli(["eval", str(run_dir), "dimm=6"], capsys)
+    assert code == 2 and "task.dimm: unknown key" in err
+    code, out, err = _cli(["report", str(run_dir), "--plot", str(tmp_path / "report.png")], capsys)
+    assert code == 0, err
     # rows are named by the run's directory, not by the config's name
-    assert f"| {run_dir.name} | pca | trained | polynomial | alignment |" in proc.stdout
-    assert f"| {run_dir.name} | pca | wide | hebb (fixed) |" in proc.stdout
+    assert f"| {run_dir.name} | pca | trained | polynomial | alignment |" in out
+    assert f"| {run_dir.name} | pca | wide | hebb (fixed) |" in out
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
-    proc = run_cli("report", tmp_path)
-    assert proc.returncode == 2 and "not a run directory" in proc.stderr
+    code, _, err = _cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and "not a run directory" in err
     (run_dir / "learning_curve.png").unlink()
-    proc = run_cli("plot", run_dir)
-    assert proc.returncode == 0 and (run_dir / "learning_curve.png").exists()
+    code, _, err = _cli(["plot", str(run_dir)], capsys)
+    assert code == 0 and (run_dir / "learning_curve.png").exists(), err
 
 
 def test_report_names_rules_and_baselines():

@@ -24,7 +24,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 FITNESS_COLUMNS = ("generation", "best_loss", "mean_loss", "median_loss", "nonfinite")
 # heavy enough that a generation takes a while (the kill lands mid-run), small enough for CI
 CONFIG = small_config(
-    generations=40,
+    generations=25,
     task={"name": "pca", "dim": 8, "steps": 1500},
     strategy={"name": "cma_es", "population_size": 16, "std_init": 0.3},
     evaluation={"instances": 4, "shard_size": 2},
@@ -192,7 +192,7 @@ def test_second_node_lost_mid_run_finishes_on_the_head_with_local_metrics(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("at", [3, 25])
+@pytest.mark.parametrize("at", [3, 20])
 def test_second_node_lost_at_other_generations(cluster, tmp_path, local_metrics, at):
     _node_lost_run(cluster, tmp_path, local_metrics, at=at)
 

@@ -262,3 +262,32 @@ def rule_plots(family, rule, genome, run_dir: Path, instance: int = 0) -> list[P
         rule_heatmap(rule, genome, trace, run_dir / "rule_heatmap.png"),
         weight_trajectories(trace, run_dir / "weight_trajectories.png"),
     ]
+
+
+def sweep_curves(param: str, by_value: dict, metric: str, path: Path, title: str = "") -> Path:
+    """One task parameter swept: ``metric`` (mean with its 95% interval) against the value,
+    a line per rule (the evolved rule drawn thickest)."""
+    values = list(by_value)
+    try:
+        xs = np.array([float(v) for v in values])
+        ticks = None
+    except ValueError:  # a parameter that is not a number: evenly spaced, labelled
+        xs, ticks = np.arange(len(values), dtype=float), values
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for name in next(iter(by_value.values())):
+        mean = np.array([by_value[v][name][metric]["mean"] for v in values], float)
+        half = np.array([by_value[v][name][metric]["ci95"] for v in values], float)
+        width = 2.5 if name == "evolved" else 1.2
+        (line,) = ax.plot(xs, mean, "o-", lw=width, label=name)
+        ax.fill_between(xs, mean - half, mean + half, color=line.get_color(), alpha=0.15)
+    if ticks is not None:
+        ax.set_xticks(xs, ticks)
+    ax.set_xlabel(param.removeprefix("task."))
+    ax.set_ylabel(f"{metric} (held-out mean, 95% interval)")
+    ax.set_title(title or f"{metric} against {param.removeprefix('task.')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

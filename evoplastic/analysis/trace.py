@@ -89,7 +89,8 @@ def recording_rule(rule: Rule, sink) -> Rule:
         )
         return dw
 
-    return dataclasses.replace(rule, update=update, select=select)
+    # plastic: the recording sees every step, even of a rule that never changes weights
+    return dataclasses.replace(rule, update=update, select=select, plastic=True)
 
 
 def record_inner_loop(family, rule: Rule, genome, key: jax.Array, split: str = "test") -> Trace:

@@ -110,6 +110,21 @@ class OuterLoop(abc.ABC):
         return evaluate(work, shard)
 
 
+class PopulationLoop(OuterLoop):
+    """An outer loop over the members of an evosax strategy: ``shard_size`` cuts its
+    population (needs a ``strategy`` field)."""
+
+    @property
+    def units(self) -> int:
+        """Members per generation (what ``shard_size`` cuts)."""
+        return int(self.strategy.population_size)
+
+    @property
+    def population_size(self) -> int:
+        """Members per generation."""
+        return self.units
+
+
 def generation_keys(run_key: jax.Array, generation) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(ask_key, eval_key, tell_key)`` of a generation: ``fold_in(fold_in(run_key, g), i)``."""
     key_g = jax.random.fold_in(run_key, generation)

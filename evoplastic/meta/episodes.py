@@ -103,3 +103,18 @@ class Episodes:
 def take_rows(tree, indices):
     """Rows ``indices`` of every leaf (a gather; ``indices`` may repeat rows)."""
     return jax.tree.map(lambda x: jnp.take(x, indices, axis=0), tree)
+
+
+class EpisodicLoop:
+    """For outer loops that unroll ``family`` through :class:`Episodes` (the meta-gradient and
+    the truncated ES): needs ``family``, ``instances``, ``truncation`` and ``rule`` fields."""
+
+    @property
+    def episodes(self) -> Episodes:
+        """Task instances and carried states (the truncated step the loops share)."""
+        return Episodes(self.family, self.instances, self.truncation, self.rule)
+
+    @property
+    def segments(self) -> int:
+        """Truncated segments per inner loop (``steps / truncation``; 1 without truncation)."""
+        return self.episodes.segments

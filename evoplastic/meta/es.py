@@ -46,7 +46,7 @@ from ..errors import MemberError
 from ..tasks.evaluation import FitnessFn
 from .base import (
     INIT_FOLD,
-    OuterLoop,
+    PopulationLoop,
     generation_keys,
     join_shards,
     member_keys,
@@ -99,7 +99,7 @@ def es_metrics(raw: jax.Array) -> tuple[jax.Array, dict]:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvolutionStrategy(OuterLoop):
+class EvolutionStrategy(PopulationLoop):
     """An evosax-style strategy over genomes, evaluated by ``fitness``.
 
     Attributes:
@@ -119,16 +119,6 @@ class EvolutionStrategy(OuterLoop):
     common_instances: bool = True
     shard_size: int | None = None
     checks: bool = False
-
-    @property
-    def units(self) -> int:
-        """Members per generation (what ``shard_size`` cuts)."""
-        return int(self.strategy.population_size)
-
-    @property
-    def population_size(self) -> int:
-        """Members per generation."""
-        return self.units
 
     def init(self, run_key):
         """Strategy state with mean ``init_genome(k_rule)`` (keys from ``fold_in(run_key, -)``)."""

@@ -43,7 +43,7 @@ import optax
 from flax import struct
 
 from .base import INIT_FOLD, OuterLoop, join_shards, strong_types
-from .episodes import Episodes, episode, take_rows
+from .episodes import EpisodicLoop, episode, take_rows
 from .strategies import StrategyError
 from .strategies import make_optimizer as _make_optimizer
 from .unroll import unroll_instance
@@ -77,7 +77,7 @@ def fold_sum(stacked):
 
 
 @dataclasses.dataclass(frozen=True)
-class GradientMeta(OuterLoop):
+class GradientMeta(EpisodicLoop, OuterLoop):
     """The gradient outer loop of an experiment (pure functions, static settings).
 
     Attributes:
@@ -99,16 +99,6 @@ class GradientMeta(OuterLoop):
     truncation: int = 0
     remat: str = "nested"
     shard_size: int | None = None
-
-    @property
-    def episodes(self) -> Episodes:
-        """Task instances and carried states (the truncated step shared with PES)."""
-        return Episodes(self.family, self.instances, self.truncation, self.rule)
-
-    @property
-    def segments(self) -> int:
-        """Truncated segments per inner loop (1 without truncation)."""
-        return self.episodes.segments
 
     @property
     def units(self) -> int:

@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from .base import INIT_FOLD, OuterLoop, generation_keys, join_shards, member_keys, take_shard
-from .episodes import Episodes
+from .base import INIT_FOLD, PopulationLoop, generation_keys, join_shards, member_keys, take_shard
+from .episodes import EpisodicLoop
 from .es import es_metrics
 
 
@@ -54,7 +54,7 @@ class TruncatedState:
 
 
 @dataclasses.dataclass(frozen=True)
-class TruncatedES(OuterLoop):
+class TruncatedES(EpisodicLoop, PopulationLoop):
     """A PES / Noise-Reuse ES outer loop over truncated unrolls.
 
     Attributes:
@@ -75,26 +75,6 @@ class TruncatedES(OuterLoop):
     truncation: int
     common_instances: bool = True
     shard_size: int | None = None
-
-    @property
-    def episodes(self) -> Episodes:
-        """Task instances and carried states (the truncated step shared with backprop)."""
-        return Episodes(self.family, self.instances, self.truncation, self.rule)
-
-    @property
-    def segments(self) -> int:
-        """Truncated segments per inner loop (``steps / truncation``)."""
-        return self.episodes.segments
-
-    @property
-    def units(self) -> int:
-        """Members per generation (what ``shard_size`` cuts)."""
-        return int(self.strategy.population_size)
-
-    @property
-    def population_size(self) -> int:
-        """Members per generation."""
-        return self.units
 
     def evals_per_generation(self) -> int:
         """Truncated segments evaluated per generation."""

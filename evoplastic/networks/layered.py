@@ -147,14 +147,21 @@ class LayeredNetwork:
 
     # -- state and genome parts ----------------------------------------------------------
 
-    def init(self, key: jax.Array, rule: Rule | None = None) -> LayeredState:
-        """Random weights, fixed random feedback (``feedback: random``) and ``rule``'s state."""
-        ws, fb = [], []
+    def init(self, key: jax.Array, rule: Rule | None = None, ws=None) -> LayeredState:
+        """Random weights, fixed random feedback (``feedback: random``) and ``rule``'s state.
+
+        ``ws`` (e.g. a genome's weights, ``rule.weights(genome)``) replaces the random
+        weights, which are then not drawn; the feedback matrices are the same either way.
+        """
+        fb = []
         hidden = set(self.hidden_populations)
+        drawn = ws is None
+        ws = [] if drawn else list(ws)
         for layer, (n_out, n_in) in enumerate(self.shapes):
             k_w, k_b = jax.random.split(jax.random.fold_in(key, layer))
-            w = self.w_init_std * jax.random.normal(k_w, (n_out, n_in)) / jnp.sqrt(n_in)
-            ws.append(jnp.abs(w) if self.excitatory else w)
+            if drawn:
+                w = self.w_init_std * jax.random.normal(k_w, (n_out, n_in)) / jnp.sqrt(n_in)
+                ws.append(jnp.abs(w) if self.excitatory else w)
             post = self.wiring[layer][1]
             if self.feedback == "random" and post in hidden and post not in self._fed(layer):
                 fb.append(self._feedback_matrix(k_b, post))
@@ -167,6 +174,31 @@ class LayeredNetwork:
             rule_state=rule_state,
             traces=traces,
         )
+
+    def initial_state(self, key: jax.Array, rule: Rule, genome: Genome) -> LayeredState:
+        """The state an inner loop starts from: the genome's weights where the rule
+        encodes them (``rule.weights``), else random ones drawn from ``key``."""
+        ws = None if rule.weights is None else tuple(rule.weights(genome))
+        return self.init(key, rule, ws)
+
+    def fixed_weights(self, rule: Rule) -> bool:
+        """Whether the weights never change in an inner loop: a rule that is not
+        plastic, and no clipping or sign constraint that would move them after step 0."""
+        return not rule.plastic and not self.w_clip and not self.excitatory
+
+    def split_constants(self, state: LayeredState, rule: Rule) -> tuple[LayeredState, dict]:
+        """``(carried, constants)``: the parts of ``state`` that an inner loop's step
+        changes, and those it never does (the fixed feedback matrices; the weights of a
+        rule that is not plastic). A ``lax.scan`` closes over the constants instead of
+        carrying them, so it neither copies nor rewrites them at every step."""
+        constants = {"feedback": state.feedback}
+        if self.fixed_weights(rule):
+            constants["ws"] = state.ws
+        return state.replace(**{k: () for k in constants}), constants
+
+    def join_constants(self, carried: LayeredState, constants: dict) -> LayeredState:
+        """The whole state again (inverse of :meth:`split_constants`)."""
+        return carried.replace(**constants)
 
     def _fed(self, layer: int) -> set:
         """Hidden populations already given a feedback matrix by an earlier weight matrix."""
@@ -257,7 +289,8 @@ class LayeredNetwork:
         modulator: jax.Array | None = None,
     ) -> LayeredState:
         """Apply the rule to every layer, given the activities of a forward pass."""
-        lr_t = self.lr / (1.0 + self.lr_decay * state.t)
+        # without decay the step is a constant (the same float32 value), folded by XLA
+        lr_t = self.lr if not self.lr_decay else self.lr / (1.0 + self.lr_decay * state.t)
         parts = rule.parts(genome) if rule.parts is not None else None
         needs_parts = self.feedback in ("learned", "synthetic") or self.modulation != "none"
         if parts is None and needs_parts:
@@ -269,6 +302,17 @@ class LayeredNetwork:
         mod = self.modulator(acts, error, parts, modulator)
         rule_states = state.rule_state or tuple(() for _ in self.wiring)
         traces = state.traces or (None,) * len(self.populations)
+        if self.fixed_weights(rule):  # no update to compute, the weights stay as they are
+            new_rs = []
+            for layer, w in enumerate(state.ws):
+                check_rule_state(rule, rule_states[layer], w.shape)
+                sig = Signals(
+                    pre=acts[self.wiring[layer][0]], post=acts[self.wiring[layer][1]], w=w,
+                    err=errs[layer], mod=mod, pre_trace=traces[self.wiring[layer][0]],
+                    post_trace=traces[self.wiring[layer][1]], state=rule_states[layer],
+                )  # fmt: skip
+                new_rs.append(rule.next_state(rule.select(genome, layer), sig))
+            return self._advance(state, acts, state.ws, tuple(new_rs))
         new, new_rs = [], []
         for layer, (w, (pre, post)) in enumerate(zip(state.ws, self.wiring, strict=True)):
             check_rule_state(rule, rule_states[layer], w.shape)
@@ -284,13 +328,17 @@ class LayeredNetwork:
                 w = jnp.maximum(w, 0.0)
             new.append(w)
             new_rs.append(rs)
-        rule_state = tuple(new_rs) if state.rule_state else state.rule_state
+        return self._advance(state, acts, tuple(new), tuple(new_rs))
+
+    def _advance(self, state, acts, ws, new_rs) -> LayeredState:
+        """The state after a step: weights ``ws``, the rules' states, traces, ``t + 1``."""
+        rule_state = new_rs if state.rule_state else state.rule_state
         if state.traces:
             d = self.trace_decay
             traces = tuple(d * x + (1.0 - d) * a for x, a in zip(state.traces, acts, strict=True))
         else:
             traces = state.traces
-        return state.replace(ws=tuple(new), t=state.t + 1, rule_state=rule_state, traces=traces)
+        return state.replace(ws=ws, t=state.t + 1, rule_state=rule_state, traces=traces)
 
     def step(self, state, x, rule, genome, error=None, modulator=None):
         """Forward ``x``, then the plasticity of every layer; returns ``(state, output)``."""

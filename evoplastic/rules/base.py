@@ -91,6 +91,9 @@ class Rule:
         shares one genome across layers, per-layer rules return ``genome[l]``.
       weights: for rules that fix the weights instead of changing them (the static
         baseline), the network weights a genome encodes; ``None`` otherwise.
+      plastic: ``False`` for a rule that never changes the weights (the static baseline):
+        networks then skip its update and keep the weights out of the inner loop's
+        state (constants of the loop, not carried and rewritten at every step).
       init_state: ``init_state((n_out, n_in)) -> state``, the rule's state for a layer of
         that shape before the first step (``()``: a stateless rule).
       next_state: ``next_state(genome, signals) -> state``, the state after a step; it
@@ -110,6 +113,7 @@ class Rule:
     init_state: Callable[[tuple[int, int]], Any] = lambda shape: ()
     next_state: Callable[[Genome, Signals], Any] = lambda genome, signals: signals.state
     parts: Callable[[Genome], dict] | None = None
+    plastic: bool = True
 
     def apply(self, genome: Genome, signals: Signals) -> tuple[jax.Array, Any]:
         """``(dw, next state)`` of one layer: what a network calls at every step."""

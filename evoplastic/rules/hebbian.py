@@ -101,4 +101,6 @@ def static(shapes: tuple[tuple[int, int], ...] = (), init_scale: float = 0.5) ->
     def describe(genome: Genome) -> str:
         return "static weights: " + ", ".join(f"{np.shape(w)}" for w in genome)
 
-    return Rule("static", init, update, describe, weights=lambda genome: tuple(genome))
+    return Rule(
+        "static", init, update, describe, weights=lambda genome: tuple(genome), plastic=False
+    )

@@ -458,6 +458,98 @@ def bench_memory(lengths=MEMORY_LENGTHS, echo=print) -> list[dict]:
     return rows
 
 
+# Large genomes: a per-synapse ABCD rule (5 numbers a synapse) on a 4-H-H-2 network, so
+# that the genome holds about 1e5 (H = 138) and 1e6 (H = 444) numbers; short CartPole
+# episodes keep the inner loop from hiding the strategy's own cost.
+LARGE_HIDDEN = (138, 444)
+LARGE_STRATEGIES = ("open_es", "snes")
+
+
+# a member's plastic state per synapse: its weight and five ABCD coefficients (float32)
+LARGE_BYTES_PER_SYNAPSE = 24
+LARGE_SHARD_BYTES = 16 * 2**20
+
+
+def large_shard_size(synapses: int, population: int) -> int:
+    """Members per shard whose plastic state fits :data:`LARGE_SHARD_BYTES` (a power of
+    two, at least 1): every inner step reads and writes a shard's whole state, which then
+    stays in the last-level cache instead of streaming from main memory."""
+    fit = max(1, LARGE_SHARD_BYTES // (synapses * LARGE_BYTES_PER_SYNAPSE))
+    return min(population, 2 ** (int(fit).bit_length() - 1))
+
+
+def large_config(hidden: int, strategy: str, population: int = 256, steps: int = 50) -> dict:
+    """The config of one large-genome case (see :data:`LARGE_HIDDEN`)."""
+    synapses = 4 * hidden + hidden * hidden + 2 * hidden
+    return {
+        "task": _CARTPOLE | {"max_steps": steps},
+        "network": _LAYERED | {"hidden": [hidden, hidden]},
+        "rule": {"name": "abcd", "per_synapse": True},
+        "strategy": {"name": strategy, "population_size": population, "std_init": 0.1},
+        "evaluation": {"instances": 1, "shard_size": large_shard_size(synapses, population)},
+    }
+
+
+def bench_large(
+    reps: int = 3,
+    echo=print,
+    hidden=LARGE_HIDDEN,
+    strategies=LARGE_STRATEGIES,
+    population=256,
+    steps: int = 50,
+) -> list[dict]:
+    """Time and memory per generation against genome size, for each diagonal strategy.
+
+    Memory is XLA's estimate of the largest compiled piece (:func:`_step_memory`); the
+    growth figures compare each size with the smallest.
+    """
+    rows = []
+    for strategy in strategies:
+        base = None
+        for h in hidden:
+            exp = build(config.parse(large_config(h, strategy, population, steps)))
+            genome = int(sum(x.size for x in jax.tree.leaves(exp.genome_template)))
+            loop = _Loop(exp)
+            compile_s = _timed(loop)
+            loop()  # state types settle
+            wall, cpu = [], []
+            for _ in range(reps):
+                c0 = time.process_time()
+                wall.append(_timed(loop))
+                cpu.append(time.process_time() - c0)
+            med, med_cpu = statistics.median(wall), statistics.median(cpu)
+            mem = _step_memory(exp)
+            r = {
+                "strategy": strategy,
+                "population": population,
+                "hidden": h,
+                "synapses": _synapses(exp),
+                "genome": genome,
+                "shard_size": exp.config.evaluation.shard_size,
+                "gen_median_s": med,
+                "gen_median_cpu_s": med_cpu,
+                "compile_s": compile_s,
+                "step_memory_bytes": mem,
+            }
+            base = base or r
+            r["time_growth"] = med / base["gen_median_s"]
+            r["cpu_time_growth"] = med_cpu / base["gen_median_cpu_s"]
+            r["genome_growth"] = genome / base["genome"]
+            if mem and base["step_memory_bytes"]:
+                r["memory_growth"] = mem / base["step_memory_bytes"]
+            rows.append(r)
+            echo(
+                f"large {strategy:>8} pop {population}  genome {genome:>9,}"
+                f" ({r['synapses']:,} synapses, shards of {r['shard_size']})"
+                f"  gen {med * 1e3:9.1f} ms (cpu {med_cpu * 1e3:.0f} ms)"
+                f"  (x{r['time_growth']:.2f}, cpu x{r['cpu_time_growth']:.2f},"
+                f" for x{r['genome_growth']:.2f} genome)"
+                + (f"  step memory {mem / 2**20:.0f} MiB" if mem else "")
+                + (f" (x{r['memory_growth']:.2f})" if "memory_growth" in r else "")
+            )
+    return rows
+
+
 def run_only(
     names, population: int | None, shard_size: int | None, quick: bool = False, echo=print
 ) -> dict:

@@ -116,7 +116,12 @@ def run_ray_bench(quick: bool = False, echo=print, address=None, cases=None) -> 
             results["dispatch"] = _dispatch_case(reps, echo)
         if "bytes" in cases:
             results["bytes"] = _bytes_case(echo)
+        if "bytes_large" in cases:  # asked for by name only (1 GB populations)
+            results["bytes_large"] = _bytes_case(echo, LARGE_GENOME, (64, 256))
     return results
+
+
+LARGE_GENOME = 1_000_000
 
 
 def _heavy_case(reps: int, echo) -> dict:
@@ -143,20 +148,19 @@ def _dispatch_case(reps: int, echo) -> dict:
     return m | {"overhead_s": overhead}
 
 
-def _bytes_case(echo) -> dict:
+def _bytes_case(echo, dim: int = 10_000, populations=(64, 1024)) -> dict:
     from ..backends import ray_backend
 
     sizes = {}
-    for population in (64, 1024):
-        factory = functools.partial(
-            quadratic_pieces, "open_es", population, 10_000, population // 8
-        )
+    small, large = populations
+    for population in populations:
+        factory = functools.partial(quadratic_pieces, "open_es", population, dim, population // 8)
         with ray_backend.open_step(factory, workers=2, gpus_per_worker=0) as step:
             _time_steps(step, factory().init_state, 2)
             sizes[population] = step.stats[-1]
-    growth = sizes[1024]["bytes"] / sizes[64]["bytes"] - 1
+    growth = sizes[large]["bytes"] / sizes[small]["bytes"] - 1
     echo(
-        "bytes per generation, OpenAI-ES, genome 10,000, 8 shards: "
+        f"bytes per generation, OpenAI-ES, genome {dim:,}, 8 shards: "
         + "  ".join(
             f"pop {p}: sent {s['bytes']:,} B, fitness back {s['bytes_back']:,} B"
             for p, s in sizes.items()

@@ -21,6 +21,7 @@ from .custom import (
 )
 from .evaluation import FitnessFn, evaluate_genome, make_genome_evaluator, task_fitness
 from .metamaze import MazeTask, MetaMazeFamily
+from .mnist1d import MNIST1DFamily
 from .patterns import PatternsFamily, PatternsTask
 from .pca import PCAFamily, PCATask
 from .supervised import DigitsFamily, SinusoidFamily, SupervisedTask, backprop_step
@@ -30,6 +31,7 @@ TASKS = {
     "control": ControlFamily,
     "sinusoid": SinusoidFamily,
     "digits": DigitsFamily,
+    "mnist1d": MNIST1DFamily,
     "patterns": PatternsFamily,
     "bandit": BanditFamily,
     "metamaze": MetaMazeFamily,
@@ -58,6 +60,7 @@ __all__ = [
     "task_fitness",
     "CheckedFamily",
     "DigitsFamily",
+    "MNIST1DFamily",
     "FitnessError",
     "FitnessTask",
     "check_fitness",

@@ -154,12 +154,15 @@ class ControlFamily:
         params = self.params
         net = self.network
         obs, env_state = env.reset_env(task.reset_key, params)
-        state = net.init(task.weight_key, rule)
-        if rule.weights is not None:
-            state = state.replace(ws=tuple(rule.weights(genome)))
+        # what never changes (fixed feedback; a static rule's weights) is a constant of
+        # the scan, not part of its carry
+        carried, constants = net.split_constants(
+            net.initial_state(task.weight_key, rule, genome), rule
+        )
 
         def body(carry, t):
-            state, env_state, obs, done, ret = carry
+            carried, env_state, obs, done, ret = carry
+            state = net.join_constants(carried, constants)
             if self.invert_at >= 0:
                 obs = jnp.where(t >= self.invert_at, -obs, obs)
             acts = net.forward(state.ws, obs.astype(jnp.float32))
@@ -169,11 +172,11 @@ class ControlFamily:
             new = net.plasticity(state, acts, rule, genome)
             if self.plastic_steps >= 0:
                 new = jax.tree.map(lambda a, b: jnp.where(t < self.plastic_steps, a, b), new, state)
-            state = new
+            carried, _ = net.split_constants(new, rule)
             ret = ret + jnp.where(done, 0.0, reward)
-            return (state, env_state, obs, done | finished, ret), None
+            return (carried, env_state, obs, done | finished, ret), None
 
-        init = (state, env_state, obs, jnp.array(False), jnp.zeros(()))
+        init = (carried, env_state, obs, jnp.array(False), jnp.zeros(()))
         (_, _, _, _, ret), _ = jax.lax.scan(body, init, jnp.arange(self.steps))
         return -ret, {"return": ret}
 

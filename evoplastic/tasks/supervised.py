@@ -78,18 +78,23 @@ class _Supervised:
         """Learn the support stream online with the rule; the query loss and metrics."""
         del key
         net = self.network
-        state = net.init(task.weight_key, rule)
-        if rule.weights is not None:
-            state = state.replace(ws=tuple(rule.weights(genome)))
+        # what never changes (fixed feedback; a static rule's weights) is a constant of
+        # the scan, not part of its carry
+        carried, constants = net.split_constants(
+            net.initial_state(task.weight_key, rule, genome), rule
+        )
 
-        def body(state, item):
+        def body(carried, item):
+            state = net.join_constants(carried, constants)
             x, target, m = item
             acts = net.forward(state.ws, x)
             err = m * self.error(acts[-1], target)
-            return net.plasticity(state, acts, rule, genome, error=err), None
+            return net.split_constants(net.plasticity(state, acts, rule, genome, error=err), rule)[
+                0
+            ], None
 
-        state, _ = jax.lax.scan(body, state, self._stream(task))
-        return self.query(state.ws, task)
+        carried, _ = jax.lax.scan(body, carried, self._stream(task))
+        return self.query(net.join_constants(carried, constants).ws, task)
 
     @property
     def steps(self) -> int:

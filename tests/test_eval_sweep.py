@@ -1,0 +1,71 @@
+"""``evoplastic eval --sweep``: one task parameter swept, a table, JSON and a figure."""
+
+import json
+
+import jax.numpy as jnp
+import pytest
+
+from evoplastic.analysis import evaluation
+from evoplastic.config import ConfigError
+
+from .conftest import small_config
+from .rundirs import fake_run
+from .test_plots import call
+
+
+@pytest.fixture
+def oja_run(tmp_path):
+    """A pca run whose rule is exactly Oja's (terms pre*post, post^2*w, w, post)."""
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, small_config(), jnp.array([1.0, -1.0, 0.0, 0.0]))
+    return run_dir
+
+
+def test_sweep_evaluates_every_value_and_draws_the_figure(oja_run, tmp_path, capsys):
+    figure = tmp_path / "dims.png"
+    argv = ["eval", str(oja_run), "--sweep", "dim=3,6", "--instances", "6", "--json"]
+    assert call([*argv, "--plot", str(figure)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sweep"] == "task.dim" and list(report["values"]) == ["3", "6"]
+    for value in ("3", "6"):
+        rules = report["values"][value]
+        assert rules["evolved"]["loss"]["n"] == 6
+        # the run's rule is Oja's: at every value it scores what the fixed Oja rule scores
+        for stat in ("mean", "median"):
+            assert rules["evolved"]["alignment"][stat] == pytest.approx(
+                rules["oja"]["alignment"][stat], abs=1e-5
+            )
+    # the task really changed between values (a 3-dim and a 6-dim problem differ)
+    assert report["values"]["3"]["random"]["loss"] != report["values"]["6"]["random"]["loss"]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the table, and the default figure in the run directory
+    assert call(["eval", str(oja_run), "--sweep", "dim=3,6", "--instances", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "dim=3 loss" in out and "dim=6 loss" in out and "evolved" in out and "oja" in out
+    assert (oja_run / "sweep_dim.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sweep", "dim=4"], "two values at least"),
+        (["--sweep", "dim"], "expected TASK_PARAM=V1,V2"),
+        (["--sweep", "dimm=4,8"], "task.dimm: unknown key"),
+        (["--sweep", "dim=4,-1"], "task.dim"),
+        (["--plot", "x.png"], "--plot draws a sweep"),
+        (["--sweep", "dim=4,8", "--plot", "/nonexistent/x.png"], "does not exist"),
+    ],
+)
+def test_bad_sweeps_are_one_line_and_write_nothing(oja_run, argv, message, capsys):
+    before = sorted(p.name for p in oja_run.iterdir())
+    assert call(["eval", str(oja_run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in oja_run.iterdir()) == before
+
+
+def test_parse_sweep():
+    assert evaluation.parse_sweep("shots=5, 10,20") == ("task.shots", ["5", "10", "20"])
+    assert evaluation.parse_sweep("task.epochs=1,2") == ("task.epochs", ["1", "2"])
+    with pytest.raises(ConfigError):
+        evaluation.parse_sweep("=1,2")
