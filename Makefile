@@ -47,6 +47,7 @@ test-slow: $(TEST_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@! git grep -n -E '^(<<<<<<<|>>>>>>>)( |$$)' -- . || (echo "merge conflict markers (above)"; false)
 
 bench: install
 	$(BIN)/evoplastic bench
