@@ -38,11 +38,12 @@ def test_sweep_evaluates_every_value_and_draws_the_figure(oja_run, tmp_path, cap
     # the task really changed between values (a 3-dim and a 6-dim problem differ)
     assert report["values"]["3"]["random"]["loss"] != report["values"]["6"]["random"]["loss"]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the table, and the default figure in the run directory
-    assert call(["eval", str(oja_run), "--sweep", "dim=3,6", "--instances", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "dim=3 loss" in out and "dim=6 loss" in out and "evolved" in out and "oja" in out
-    assert (oja_run / "sweep_dim.png").is_file()
+    # the table the command prints without --json: a row per rule, a column per value
+    columns, rows = evaluation.sweep_table("task.dim", report["values"])
+    assert columns == ["rule", "dim=3 loss", "dim=6 loss", "diverged"]
+    oja = next(row for row in rows if row[0] == "oja")
+    loss = report["values"]["6"]["oja"]["loss"]
+    assert oja[2] == f"{loss['mean']:.4g} ± {loss['ci95']:.2g}" and oja[3] == "0"
 
 
 @pytest.mark.parametrize(
