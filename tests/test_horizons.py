@@ -1,0 +1,104 @@
+"""Random horizons in the supervised families: meta-training instances draw their number
+of passes and shots; the steps beyond the drawn horizon leave the network exactly as it
+was, so a masked instance learns exactly what the same instance with the short horizon
+learns."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from evoplastic import build, config, tasks
+from evoplastic.config import ConfigError, load
+from evoplastic.tasks.supervised import backprop_step
+
+NET = {"hidden": [8], "activation": "tanh", "feedback": "random", "w_init_std": 0.3}
+TERMS = ["err*pre", "pre*post", "w", "post^2*w", "pre"]  # non-error terms: masking matters
+
+
+def _experiment(name, network=NET, **task):
+    """The family, its rule and a random genome (every term nonzero)."""
+    data = {"task": {"name": name, **task}, "network": network,
+            "rule": {"name": "polynomial", "per_layer": True, "terms": TERMS}}  # fmt: skip
+    exp = build(config.parse(data))
+    flat = np.asarray(exp.flat_genome(exp.genome_template))
+    noise = 0.05 * np.asarray(jax.random.normal(jax.random.PRNGKey(3), flat.shape))
+    return exp.family, exp.rule, exp.unflatten_genome(flat + noise)
+
+
+def _family(**kw):
+    return tasks.make("digits", network=NET, ways=3, query_per_class=4, **kw)
+
+
+def _drawn(task):
+    """(passes, shots per class) an instance drew, read from its active flags."""
+    a = np.asarray(task.active)
+    return int(a.any(axis=1).sum()), int(a.any(axis=0).sum())
+
+
+def test_instances_draw_different_horizons_within_bounds_and_test_keeps_fixed():
+    fam = _family(shots=2, shots_max=5, epochs=1, epochs_max=4)
+    drawn = {_drawn(fam.sample(jax.random.PRNGKey(i), "train")) for i in range(40)}
+    passes = {p for p, _ in drawn}
+    shots = {s // 3 for _, s in drawn}  # 3 ways
+    assert passes == {1, 2, 3, 4}
+    assert shots == {2, 3, 4, 5}
+    test = fam.sample(jax.random.PRNGKey(0), "test")
+    assert test.active is None and test.xs.shape[0] == 3 * 2
+    # held-out instances are those of the fixed-horizon family
+    fixed = _family(shots=2, epochs=1).sample(jax.random.PRNGKey(0), "test")
+    np.testing.assert_array_equal(test.xs, fixed.xs)
+
+
+@pytest.mark.parametrize("name", ["digits", "sinusoid"])
+def test_a_drawn_horizon_learns_exactly_the_short_task(name):
+    """The masked stream (max shots, max passes, steps beyond the draw switched off) gives
+    the query loss of the same instance cut to its drawn support and passes."""
+    if name == "digits":
+        fam, rule, genome = _experiment(
+            "digits", ways=3, query_per_class=4, shots=1, shots_max=4, epochs=1, epochs_max=3
+        )
+        shots_of = fam.ways
+    else:
+        fam, rule, genome = _experiment(
+            "sinusoid", NET, bias=True,
+            support_size=2, support_size_max=6, epochs=1, epochs_max=3,
+        )  # fmt: skip
+        shots_of = 1
+    checked = set()
+    for i in range(6):
+        task = fam.sample(jax.random.PRNGKey(i), "train")
+        passes, n_support = _drawn(task)
+        keep = np.asarray(task.active).any(axis=0)
+        short = task.replace(xs=task.xs[keep], ys=task.ys[keep], mask=task.mask[keep], active=None)
+        short_fam = type(fam)(
+            **{**fam.__dict__, "epochs": passes, "epochs_max": 0, fam.shots_name + "_max": 0}
+        )
+        got, _ = fam.inner_loop(rule, genome, task)
+        want, _ = short_fam.inner_loop(rule, genome, short)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # and the baselines' training loops skip the same steps
+        opt = optax.adam(0.01)
+        got_b, _ = backprop_step(fam, opt, None, task)
+        want_b, _ = backprop_step(short_fam, opt, None, short)
+        np.testing.assert_allclose(got_b, want_b, rtol=1e-5, atol=1e-6)
+        checked.add((passes, n_support // shots_of))
+    assert len(checked) > 2  # several horizons were compared
+    # the full stream differs from a short one: masking is what makes them equal
+    full = task.replace(active=jnp.ones_like(task.active))
+    assert not np.isclose(fam.inner_loop(rule, genome, full)[0], want)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("task.epochs_max=2", "task.epochs_max: must be 0 (fixed) or >= task.epochs (3), got 2"),
+        ("task.shots_max=-1", "task.shots_max: must be an integer >= 0 (0: fixed), got -1"),
+        ("task.shots_max=2.5", "task.shots_max: expected an integer, got 2.5"),
+    ],
+)
+def test_bad_horizons_are_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        build(load("experiments/digits.yaml", (override,)))
+    assert str(err.value) == message
