@@ -3,6 +3,9 @@ of passes and shots; the steps beyond the drawn horizon leave the network exactl
 was, so a masked instance learns exactly what the same instance with the short horizon
 learns."""
 
+import json
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 
 from evoplastic import build, config, tasks
 from evoplastic.config import ConfigError, load
+from evoplastic.tasks.evaluation import evaluate_genome
 from evoplastic.tasks.supervised import backprop_step
 
 NET = {"hidden": [8], "activation": "tanh", "feedback": "random", "w_init_std": 0.3}
@@ -102,3 +106,25 @@ def test_bad_horizons_are_one_line(override, message):
     with pytest.raises(ConfigError) as err:
         build(load("experiments/digits.yaml", (override,)))
     assert str(err.value) == message
+
+
+RUN = Path(__file__).resolve().parents[1] / "experiments" / "results" / "digits_horizons"
+TWICE = 32  # held-out instances re-evaluated at 2x (the first 32 of the committed 100)
+TOL = 0.02  # accuracy a 2x horizon may lose against 1x on those instances (sampling noise)
+
+
+@pytest.mark.parametrize("twice", [{"shots": 10}, {"epochs": 6}])
+def test_committed_horizons_rule_keeps_learning_at_twice_the_horizon(twice):
+    """The committed digits_horizons rule reproduces its 1x figure (100 held-out instances)
+    and, on the first 32 of those instances (the same classes and, for shots, the same first
+    5 examples per class), given twice the shots or the passes: no diverged instance and
+    accuracy not below its 1x accuracy on them minus TOL."""
+    exp = build(load(RUN / "config.yaml"))
+    genome = exp.unflatten_genome(json.loads((RUN / "best_rule.json").read_text())["genome_flat"])
+    committed = json.loads((RUN / "eval.json").read_text())["trained"]["evolved"]["accuracy"]
+    one = evaluate_genome(exp.family, exp.rule, genome, 100)
+    assert float(np.mean(one["accuracy"])) == pytest.approx(committed["mean"], rel=1e-3)
+    fam = exp.family_variant(shots_max=0, epochs_max=0, **twice)
+    got = evaluate_genome(fam, exp.rule, genome, TWICE)
+    assert np.all(np.isfinite(got["loss"]))
+    assert float(np.mean(got["accuracy"])) >= float(np.mean(one["accuracy"][:TWICE])) - TOL
