@@ -128,3 +128,16 @@ def test_committed_horizons_rule_keeps_learning_at_twice_the_horizon(twice):
     got = evaluate_genome(fam, exp.rule, genome, TWICE)
     assert np.all(np.isfinite(got["loss"]))
     assert float(np.mean(got["accuracy"])) >= float(np.mean(one["accuracy"][:TWICE])) - TOL
+
+
+def test_mnist1d_draws_horizons_from_its_training_pool_only():
+    fam = tasks.make(
+        "mnist1d", network=NET, ways=3, shots=2, shots_max=4, epochs=1, epochs_max=2,
+        query_per_class=3,
+    )  # fmt: skip
+    drawn = {_drawn(fam.sample(jax.random.PRNGKey(i), "train")) for i in range(24)}
+    assert {p for p, _ in drawn} == {1, 2}
+    assert {s // 3 for _, s in drawn} == {2, 3, 4}
+    for split in ("validation", "test"):
+        task = fam.sample(jax.random.PRNGKey(0), split)
+        assert task.active is None and task.xs.shape[0] == 3 * 2
