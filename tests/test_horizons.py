@@ -48,6 +48,8 @@ def test_instances_draw_different_horizons_within_bounds_and_test_keeps_fixed():
     shots = {s // 3 for _, s in drawn}  # 3 ways
     assert passes == {1, 2, 3, 4}
     assert shots == {2, 3, 4, 5}
+    with pytest.raises(ValueError, match="stepwise inner loop runs a fixed horizon"):
+        fam.init_inner(fam.sample(jax.random.PRNGKey(0), "train"))
     test = fam.sample(jax.random.PRNGKey(0), "test")
     assert test.active is None and test.xs.shape[0] == 3 * 2
     # held-out instances are those of the fixed-horizon family
@@ -141,3 +143,9 @@ def test_mnist1d_draws_horizons_from_its_training_pool_only():
     for split in ("validation", "test"):
         task = fam.sample(jax.random.PRNGKey(0), split)
         assert task.active is None and task.xs.shape[0] == 3 * 2
+
+
+def test_horizons_with_a_stepwise_outer_loop_are_one_line():
+    with pytest.raises(ConfigError) as err:
+        build(load("experiments/digits_horizons.yaml", ("meta.optimizer=gradient",)))
+    assert str(err.value).startswith("task.epochs_max: random horizons need whole-episode")

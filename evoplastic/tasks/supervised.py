@@ -179,6 +179,11 @@ class _Supervised:
         """The network state before step 0: the instance's random initial weights (and
         ``rule``'s initial state, which a stateful rule needs)."""
         del key
+        if task.active is not None:
+            raise ValueError(
+                "task.epochs_max: the stepwise inner loop runs a fixed horizon; instances"
+                " with a drawn horizon need inner_loop"
+            )
         return self.network.init(task.weight_key, rule)
 
     def inner_step(self, rule, genome, task: SupervisedTask, state, t):
