@@ -229,6 +229,11 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> OuterLoop:
                 f" ({', '.join(missing)}), which meta.optimizer: gradient and truncated"
                 " unrolls need"
             )
+        if getattr(family, "draws_horizons", False):
+            raise ConfigError(
+                "task.epochs_max: random horizons need whole-episode evaluation"
+                " (not meta.optimizer: gradient or meta.truncation)"
+            )
     if cfg.meta.optimizer == "gradient":
         return _gradient_outer(cfg, family, rule)
     if cfg.meta.selection == "learned":

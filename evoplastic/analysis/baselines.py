@@ -157,7 +157,7 @@ def layer_local_step(family, optimizer, init_ws, task):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (jax.tree.map(jnp.add, params, updates), opt_state), None
 
-    ((ws, _), _), _ = jax.lax.scan(body, (params, opt_state), family._stream(task))
+    ((ws, _), _), _ = jax.lax.scan(*family.masked_scan(body, (params, opt_state), task))
     return family.query(ws, task)
 
 

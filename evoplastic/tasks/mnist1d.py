@@ -68,6 +68,8 @@ class MNIST1DFamily(_Supervised):
     epochs: int = 1
     input_scale: float = 1.0
     input_offset: float = 0.0
+    epochs_max: int = 0  # > 0: meta-training instances draw epochs .. epochs_max passes
+    shots_max: int = 0  # > 0: and shots .. shots_max support examples per class
 
     metric_names = ("accuracy",)
     classification = True
@@ -78,7 +80,10 @@ class MNIST1DFamily(_Supervised):
             raise ValueError(f"task.ways: must be in 2..{N_CLASSES}, got {self.ways}")
         if min(self.shots, self.query_per_class, self.epochs) < 1:
             raise ValueError("task.shots, task.query_per_class and task.epochs must be >= 1")
-        if self.shots + self.query_per_class > 80:  # the smallest class pool has 89 examples
+        self._check_horizons()
+        if (
+            max(self.shots, self.shots_max) + self.query_per_class > 80
+        ):  # the smallest class pool has 89 examples
             raise ValueError("task.shots + task.query_per_class: must be <= 80")
         if not self.input_scale > 0:
             raise ValueError(f"task.input_scale: must be > 0, got {self.input_scale}")
@@ -99,22 +104,25 @@ class MNIST1DFamily(_Supervised):
         x_all, y_all = _mnist1d()[split]
         k = jax.random.split(key, 4)
         chosen = jax.random.permutation(k[0], N_CLASSES)[: self.ways]
-        n = self.shots + self.query_per_class
+        shots = self._horizon_shots(split)
+        n = shots + self.query_per_class
         scores = jax.random.uniform(k[1], (self.ways, y_all.shape[0]))
         member = jnp.asarray(y_all)[None, :] == chosen[:, None]
         idx = jnp.argsort(jnp.where(member, scores, 2.0), axis=1)[:, :n]  # [ways, n]
         x = self.input_scale * jnp.asarray(x_all)[idx] + self.input_offset  # [ways, n, 40]
         onehot = jnp.broadcast_to(jnp.eye(self.ways)[:, None, :], (self.ways, n, self.ways))
-        sx = x[:, : self.shots].reshape(-1, N_IN)
-        sy = onehot[:, : self.shots].reshape(-1, self.ways)
-        order = jax.random.permutation(k[2], self.support_size)
+        sx = x[:, :shots].reshape(-1, N_IN)
+        sy = onehot[:, :shots].reshape(-1, self.ways)
+        size = self.ways * shots
+        order = jax.random.permutation(k[2], size)
         return SupervisedTask(
             xs=sx[order],
             ys=sy[order],
-            mask=jnp.ones(self.support_size),
-            qx=x[:, self.shots :].reshape(-1, N_IN),
-            qy=onehot[:, self.shots :].reshape(-1, self.ways),
+            mask=jnp.ones(size),
+            qx=x[:, shots:].reshape(-1, N_IN),
+            qy=onehot[:, shots:].reshape(-1, self.ways),
             weight_key=k[3],
+            active=self._active(key, split, (jnp.arange(size) % shots)[order]),
         )
 
     @classmethod

@@ -22,6 +22,15 @@ last step: mean squared error, or cross-entropy (with accuracy as a metric).
 
 :func:`backprop_step` gives the SGD/Adam baselines on the same network, initial weights,
 examples and number of steps.
+
+**Random horizons** (``epochs_max``, and ``shots_max`` or ``support_size_max``): each
+meta-training instance (split ``train``) draws its number of passes uniformly from
+``epochs .. epochs_max`` and its number of support examples (per class) from
+``shots .. shots_max``. Shapes stay static: the instance holds the maximum support set
+and the stream runs the maximum number of passes, and ``SupervisedTask.active`` ([passes,
+support]) switches off every step beyond the drawn horizon (the network state, the rule's
+state included, is left exactly as it was). Validation and test instances keep the fixed
+``shots`` and ``epochs``, so held-out figures and ``eval --sweep`` mean what they say.
 """
 
 from __future__ import annotations
@@ -49,12 +58,54 @@ class SupervisedTask:
     qx: jax.Array  # query inputs [Q, n_in]
     qy: jax.Array  # query targets [Q, n_out]
     weight_key: jax.Array
+    # [passes, K]: 1 where step (pass p, example i) runs; None: every step of ``epochs``
+    # passes runs (a fixed horizon)
+    active: jax.Array | None = None
 
 
 class _Supervised:
     """The online inner loop shared by the supervised families."""
 
     classification = False
+    shots_name = "shots"  # the per-class support count a horizon draws (sinusoid: support_size)
+
+    @property
+    def shots_max_value(self) -> int:
+        return getattr(self, f"{self.shots_name}_max")
+
+    @property
+    def draws_horizons(self) -> bool:
+        """Whether meta-training instances draw their horizon (passes and/or shots)."""
+        return bool(self.epochs_max or self.shots_max_value)
+
+    def _check_horizons(self):
+        for name in ("epochs", self.shots_name):
+            hi = getattr(self, f"{name}_max")
+            if not isinstance(hi, int) or isinstance(hi, bool) or hi < 0:
+                raise ValueError(f"task.{name}_max: must be an integer >= 0 (0: fixed), got {hi!r}")
+            if hi and hi < getattr(self, name):
+                raise ValueError(
+                    f"task.{name}_max: must be 0 (fixed) or >= task.{name}"
+                    f" ({getattr(self, name)}), got {hi}"
+                )
+
+    def _horizon_shots(self, split: str) -> int:
+        """Support examples per class an instance of ``split`` holds (the maximum if drawn)."""
+        base = getattr(self, self.shots_name)
+        return max(base, self.shots_max_value) if split == "train" else base
+
+    def _active(self, key, split: str, shot_index):
+        """The ``active`` flags of an instance of ``split`` whose support example ``i`` is
+        shot ``shot_index[i]`` of its class (None: fixed horizon)."""
+        if split != "train" or not self.draws_horizons:
+            return None
+        base = getattr(self, self.shots_name)
+        passes = max(self.epochs, self.epochs_max)
+        k_shots, k_passes = jax.random.split(jax.random.fold_in(key, 7))
+        shots = jax.random.randint(k_shots, (), base, max(base, self.shots_max_value) + 1)
+        epochs = jax.random.randint(k_passes, (), self.epochs, passes + 1)
+        example = shot_index < shots
+        return ((jnp.arange(passes) < epochs)[:, None] & example[None, :]).astype(jnp.float32)
 
     def error(self, y, target):
         if self.classification:
@@ -71,8 +122,9 @@ class _Supervised:
         return mse, {"mse": mse}
 
     def _stream(self, task: SupervisedTask):
-        reps = (self.epochs, 1)
-        return jnp.tile(task.xs, reps), jnp.tile(task.ys, reps), jnp.tile(task.mask, self.epochs)
+        passes = self.epochs if task.active is None else task.active.shape[0]
+        reps = (passes, 1)
+        return jnp.tile(task.xs, reps), jnp.tile(task.ys, reps), jnp.tile(task.mask, passes)
 
     def inner_loop(self, rule, genome, task: SupervisedTask, key=None):
         """Learn the support stream online with the rule; the query loss and metrics."""
@@ -93,8 +145,26 @@ class _Supervised:
                 0
             ], None
 
-        carried, _ = jax.lax.scan(body, carried, self._stream(task))
+        if task.active is None:
+            carried, _ = jax.lax.scan(body, carried, self._stream(task))
+        else:  # a drawn horizon: steps beyond it leave the state exactly as it was
+            carried, _ = jax.lax.scan(
+                lambda c, item: (_keep_if(item[1], body(c, item[0])[0], c), None),
+                carried,
+                (self._stream(task), task.active.reshape(-1)),
+            )
         return self.query(net.join_constants(carried, constants).ws, task)
+
+    def masked_scan(self, body, init, task: SupervisedTask):
+        """``jax.lax.scan`` arguments running ``body`` over the support stream, skipping the
+        steps beyond a drawn horizon (for the baselines' training loops)."""
+        if task.active is None:
+            return body, init, self._stream(task)
+
+        def gated(carry, item):
+            return _keep_if(item[1], body(carry, item[0])[0], carry), None
+
+        return gated, init, (self._stream(task), task.active.reshape(-1))
 
     @property
     def steps(self) -> int:
@@ -109,6 +179,11 @@ class _Supervised:
         """The network state before step 0: the instance's random initial weights (and
         ``rule``'s initial state, which a stateful rule needs)."""
         del key
+        if task.active is not None:
+            raise ValueError(
+                "task.epochs_max: the stepwise inner loop runs a fixed horizon; instances"
+                " with a drawn horizon need inner_loop"
+            )
         return self.network.init(task.weight_key, rule)
 
     def inner_step(self, rule, genome, task: SupervisedTask, state, t):
@@ -130,6 +205,11 @@ class _Supervised:
     def score(self, task: SupervisedTask, state):
         """``(loss, metrics)`` on the query set of a network state."""
         return self.query(state.ws, task)
+
+
+def _keep_if(active, new, old):
+    """``new`` where the step is active, else ``old`` (leaf by leaf)."""
+    return jax.tree.map(lambda n, o: jnp.where(active > 0, n, o), new, old)
 
 
 def backprop_step(family, optimizer, init_ws, task: SupervisedTask):
@@ -157,7 +237,7 @@ def backprop_step(family, optimizer, init_ws, task: SupervisedTask):
         updates, opt_state = optimizer.update(grads, opt_state, ws)
         return (jax.tree.map(jnp.add, ws, updates), opt_state), None
 
-    (ws, _), _ = jax.lax.scan(body, (ws, opt_state), family._stream(task))
+    (ws, _), _ = jax.lax.scan(*family.masked_scan(body, (ws, opt_state), task))
     return family.query(ws, task)
 
 
@@ -173,12 +253,16 @@ class SinusoidFamily(_Supervised):
     amp_max: float = 5.0
     input_scale: float = 0.2
     bias: bool = False
+    epochs_max: int = 0  # > 0: meta-training instances draw epochs .. epochs_max passes
+    support_size_max: int = 0  # > 0: and support_size .. support_size_max examples
 
     metric_names = ("mse",)
+    shots_name = "support_size"
 
     def __post_init__(self):
         if min(self.support_size, self.query_size, self.epochs) < 1:
             raise ValueError("task.support_size, task.query_size and task.epochs must be >= 1")
+        self._check_horizons()
         if not 0 < self.amp_min <= self.amp_max:
             raise ValueError("task.amp_min: must satisfy 0 < amp_min <= amp_max")
         if not self.input_scale > 0:
@@ -186,17 +270,24 @@ class SinusoidFamily(_Supervised):
 
     def sample(self, key: jax.Array, split: str) -> SupervisedTask:
         """One task instance of ``split``."""
-        k = jax.random.split(split_key(key, split), 4)
+        key = split_key(key, split)
+        k = jax.random.split(key, 4)
+        s = self._horizon_shots(split)
         amp = jax.random.uniform(k[0], minval=self.amp_min, maxval=self.amp_max)
         phase = jax.random.uniform(k[1], maxval=jnp.pi)
-        x = jax.random.uniform(k[2], (self.support_size + self.query_size, 1), minval=-5, maxval=5)
+        x = jax.random.uniform(k[2], (s + self.query_size, 1), minval=-5, maxval=5)
         y = amp * jnp.sin(x + phase)
         x = self.input_scale * x  # default 0.2: inputs in [-1, 1]
         if self.bias:
             x = jnp.concatenate([x, jnp.ones_like(x)], axis=-1)
-        s = self.support_size
         return SupervisedTask(
-            xs=x[:s], ys=y[:s], mask=jnp.ones(s), qx=x[s:], qy=y[s:], weight_key=k[3]
+            xs=x[:s],
+            ys=y[:s],
+            mask=jnp.ones(s),
+            qx=x[s:],
+            qy=y[s:],
+            weight_key=k[3],
+            active=self._active(key, split, jnp.arange(s)),
         )
 
     @classmethod
@@ -226,11 +317,14 @@ class DigitsFamily(_Supervised):
     train_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
     test_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
     label_fraction: float = 1.0
+    epochs_max: int = 0  # > 0: meta-training instances draw epochs .. epochs_max passes
+    shots_max: int = 0  # > 0: and shots .. shots_max support examples per class
 
     metric_names = ("accuracy",)
     classification = True
 
     def __post_init__(self):
+        self._check_horizons()
         if set(self.train_classes) & set(self.test_classes):
             raise ValueError("task.test_classes: must be disjoint from task.train_classes")
         for name in ("train_classes", "test_classes"):
@@ -249,27 +343,29 @@ class DigitsFamily(_Supervised):
         """One task instance of ``split``."""
         x_all, y_all = _digits()
         classes = jnp.asarray(self.train_classes if split == "train" else self.test_classes)
-        k = jax.random.split(split_key(key, split), 5)
+        key = split_key(key, split)
+        k = jax.random.split(key, 5)
         chosen = jax.random.permutation(k[0], classes)[: self.ways]
-        n = self.shots + self.query_per_class
+        shots = self._horizon_shots(split)
+        n = shots + self.query_per_class
         # for each chosen class, a random ordering of its examples; take the first n
         scores = jax.random.uniform(k[1], (self.ways, y_all.shape[0]))
         member = jnp.asarray(y_all)[None, :] == chosen[:, None]
         idx = jnp.argsort(jnp.where(member, scores, 2.0), axis=1)[:, :n]  # [ways, n]
         x = jnp.asarray(x_all)[idx]  # [ways, n, 64]
         onehot = jnp.broadcast_to(jnp.eye(self.ways)[:, None, :], (self.ways, n, self.ways))
-        sx, sy = x[:, : self.shots].reshape(-1, 64), onehot[:, : self.shots].reshape(-1, self.ways)
-        order = jax.random.permutation(k[2], self.support_size)
-        mask = (jax.random.uniform(k[3], (self.support_size,)) < self.label_fraction).astype(
-            jnp.float32
-        )
+        sx, sy = x[:, :shots].reshape(-1, 64), onehot[:, :shots].reshape(-1, self.ways)
+        size = self.ways * shots
+        order = jax.random.permutation(k[2], size)
+        mask = (jax.random.uniform(k[3], (size,)) < self.label_fraction).astype(jnp.float32)
         return SupervisedTask(
             xs=sx[order],
             ys=sy[order],
             mask=mask,
-            qx=x[:, self.shots :].reshape(-1, 64),
-            qy=onehot[:, self.shots :].reshape(-1, self.ways),
+            qx=x[:, shots:].reshape(-1, 64),
+            qy=onehot[:, shots:].reshape(-1, self.ways),
             weight_key=k[4],
+            active=self._active(key, split, (jnp.arange(size) % shots)[order]),
         )
 
     @classmethod

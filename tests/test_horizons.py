@@ -1,0 +1,151 @@
+"""Random horizons in the supervised families: meta-training instances draw their number
+of passes and shots; the steps beyond the drawn horizon leave the network exactly as it
+was, so a masked instance learns exactly what the same instance with the short horizon
+learns."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from evoplastic import build, config, tasks
+from evoplastic.config import ConfigError, load
+from evoplastic.tasks.evaluation import evaluate_genome
+from evoplastic.tasks.supervised import backprop_step
+
+NET = {"hidden": [8], "activation": "tanh", "feedback": "random", "w_init_std": 0.3}
+TERMS = ["err*pre", "pre*post", "w", "post^2*w", "pre"]  # non-error terms: masking matters
+
+
+def _experiment(name, network=NET, **task):
+    """The family, its rule and a random genome (every term nonzero)."""
+    data = {"task": {"name": name, **task}, "network": network,
+            "rule": {"name": "polynomial", "per_layer": True, "terms": TERMS}}  # fmt: skip
+    exp = build(config.parse(data))
+    flat = np.asarray(exp.flat_genome(exp.genome_template))
+    noise = 0.05 * np.asarray(jax.random.normal(jax.random.PRNGKey(3), flat.shape))
+    return exp.family, exp.rule, exp.unflatten_genome(flat + noise)
+
+
+def _family(**kw):
+    return tasks.make("digits", network=NET, ways=3, query_per_class=4, **kw)
+
+
+def _drawn(task):
+    """(passes, shots per class) an instance drew, read from its active flags."""
+    a = np.asarray(task.active)
+    return int(a.any(axis=1).sum()), int(a.any(axis=0).sum())
+
+
+def test_instances_draw_different_horizons_within_bounds_and_test_keeps_fixed():
+    fam = _family(shots=2, shots_max=5, epochs=1, epochs_max=4)
+    drawn = {_drawn(fam.sample(jax.random.PRNGKey(i), "train")) for i in range(40)}
+    passes = {p for p, _ in drawn}
+    shots = {s // 3 for _, s in drawn}  # 3 ways
+    assert passes == {1, 2, 3, 4}
+    assert shots == {2, 3, 4, 5}
+    with pytest.raises(ValueError, match="stepwise inner loop runs a fixed horizon"):
+        fam.init_inner(fam.sample(jax.random.PRNGKey(0), "train"))
+    test = fam.sample(jax.random.PRNGKey(0), "test")
+    assert test.active is None and test.xs.shape[0] == 3 * 2
+    # held-out instances are those of the fixed-horizon family
+    fixed = _family(shots=2, epochs=1).sample(jax.random.PRNGKey(0), "test")
+    np.testing.assert_array_equal(test.xs, fixed.xs)
+
+
+@pytest.mark.parametrize("name", ["digits", "sinusoid"])
+def test_a_drawn_horizon_learns_exactly_the_short_task(name):
+    """The masked stream (max shots, max passes, steps beyond the draw switched off) gives
+    the query loss of the same instance cut to its drawn support and passes."""
+    if name == "digits":
+        fam, rule, genome = _experiment(
+            "digits", ways=3, query_per_class=4, shots=1, shots_max=4, epochs=1, epochs_max=3
+        )
+        shots_of = fam.ways
+    else:
+        fam, rule, genome = _experiment(
+            "sinusoid", NET, bias=True,
+            support_size=2, support_size_max=6, epochs=1, epochs_max=3,
+        )  # fmt: skip
+        shots_of = 1
+    checked = set()
+    for i in range(6):
+        task = fam.sample(jax.random.PRNGKey(i), "train")
+        passes, n_support = _drawn(task)
+        keep = np.asarray(task.active).any(axis=0)
+        short = task.replace(xs=task.xs[keep], ys=task.ys[keep], mask=task.mask[keep], active=None)
+        short_fam = type(fam)(
+            **{**fam.__dict__, "epochs": passes, "epochs_max": 0, fam.shots_name + "_max": 0}
+        )
+        got, _ = fam.inner_loop(rule, genome, task)
+        want, _ = short_fam.inner_loop(rule, genome, short)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # and the baselines' training loops skip the same steps
+        opt = optax.adam(0.01)
+        got_b, _ = backprop_step(fam, opt, None, task)
+        want_b, _ = backprop_step(short_fam, opt, None, short)
+        np.testing.assert_allclose(got_b, want_b, rtol=1e-5, atol=1e-6)
+        checked.add((passes, n_support // shots_of))
+    assert len(checked) > 2  # several horizons were compared
+    # the full stream differs from a short one: masking is what makes them equal
+    full = task.replace(active=jnp.ones_like(task.active))
+    assert not np.isclose(fam.inner_loop(rule, genome, full)[0], want)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("task.epochs_max=2", "task.epochs_max: must be 0 (fixed) or >= task.epochs (3), got 2"),
+        ("task.shots_max=-1", "task.shots_max: must be an integer >= 0 (0: fixed), got -1"),
+        ("task.shots_max=2.5", "task.shots_max: expected an integer, got 2.5"),
+    ],
+)
+def test_bad_horizons_are_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        build(load("experiments/digits.yaml", (override,)))
+    assert str(err.value) == message
+
+
+RUN = Path(__file__).resolve().parents[1] / "experiments" / "results" / "digits_horizons"
+TWICE = 32  # held-out instances re-evaluated at 2x (the first 32 of the committed 100)
+TOL = 0.02  # accuracy a 2x horizon may lose against 1x on those instances (sampling noise)
+
+
+@pytest.mark.parametrize("twice", [{"shots": 10}, {"epochs": 6}])
+def test_committed_horizons_rule_keeps_learning_at_twice_the_horizon(twice):
+    """The committed digits_horizons rule reproduces its 1x figure (100 held-out instances)
+    and, on the first 32 of those instances (the same classes and, for shots, the same first
+    5 examples per class), given twice the shots or the passes: no diverged instance and
+    accuracy not below its 1x accuracy on them minus TOL."""
+    exp = build(load(RUN / "config.yaml"))
+    genome = exp.unflatten_genome(json.loads((RUN / "best_rule.json").read_text())["genome_flat"])
+    committed = json.loads((RUN / "eval.json").read_text())["trained"]["evolved"]["accuracy"]
+    one = evaluate_genome(exp.family, exp.rule, genome, 100)
+    assert float(np.mean(one["accuracy"])) == pytest.approx(committed["mean"], rel=1e-3)
+    fam = exp.family_variant(shots_max=0, epochs_max=0, **twice)
+    got = evaluate_genome(fam, exp.rule, genome, TWICE)
+    assert np.all(np.isfinite(got["loss"]))
+    assert float(np.mean(got["accuracy"])) >= float(np.mean(one["accuracy"][:TWICE])) - TOL
+
+
+def test_mnist1d_draws_horizons_from_its_training_pool_only():
+    fam = tasks.make(
+        "mnist1d", network=NET, ways=3, shots=2, shots_max=4, epochs=1, epochs_max=2,
+        query_per_class=3,
+    )  # fmt: skip
+    drawn = {_drawn(fam.sample(jax.random.PRNGKey(i), "train")) for i in range(24)}
+    assert {p for p, _ in drawn} == {1, 2}
+    assert {s // 3 for _, s in drawn} == {2, 3, 4}
+    for split in ("validation", "test"):
+        task = fam.sample(jax.random.PRNGKey(0), split)
+        assert task.active is None and task.xs.shape[0] == 3 * 2
+
+
+def test_horizons_with_a_stepwise_outer_loop_are_one_line():
+    with pytest.raises(ConfigError) as err:
+        build(load("experiments/digits_horizons.yaml", ("meta.optimizer=gradient",)))
+    assert str(err.value).startswith("task.epochs_max: random horizons need whole-episode")
