@@ -30,11 +30,11 @@ $(TEST_STAMP): $(STAMP)
 run: install
 	$(BIN)/evoplastic run experiments/oja.yaml
 
-# three pytest-xdist workers: the Ray tests (which start and stop Ray instances of their own
-# and mostly wait on them) one after the other in one worker, everything else spread over
-# the others as they come free (see tests/conftest.py)
+# two pytest-xdist workers for everything but Ray; the Ray tests (which start and stop
+# Ray instances of their own) then run in one process, alone on the machine
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -n 3 --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not ray"
+	$(BIN)/python -m pytest -q -m "ray and not slow"
 
 # the fast tier, on every change: unit tests only (no whole runs, no Ray), under 2 minutes
 test-fast: $(TEST_STAMP)

@@ -161,18 +161,12 @@ LONGEST_FILES = [
 ]
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = Path(str(item.fspath)).name
         name = f"{path}::{item.originalname or item.name}"
         if path in INTEGRATION_FILES or name in INTEGRATION_TESTS:
             item.add_marker(pytest.mark.integration)
-        # `make test` (--dist loadgroup) runs every Ray test in one worker, one after the
-        # other, beside the workers that run the rest: Ray tests mostly wait (on actors,
-        # nodes, jobs), so the others use the CPUs meanwhile
-        if item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
     # longest files first; a file's tests stay together and in their order (module fixtures)
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))

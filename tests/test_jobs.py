@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import run_cli, small_config
 
-# Ray tests run one after the other in one pytest-xdist worker (see the Makefile)
+# Ray tests run in their own pytest process, after the parallel ones (see the Makefile)
 pytestmark = pytest.mark.ray
 
 pytest.importorskip("ray")

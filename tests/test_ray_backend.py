@@ -21,7 +21,7 @@ from evoplastic.trainer import read_metrics, train
 
 from .conftest import run_cli, small_config, start_local_ray
 
-# Ray tests run one after the other in one pytest-xdist worker (see the Makefile)
+# Ray tests run in their own pytest process, after the parallel ones (see the Makefile)
 pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray")
