@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli, small_config
+from .conftest import cli_here, run_cli, small_config
 
 # Ray tests run in their own pytest process, after the parallel ones (see the Makefile)
 pytestmark = pytest.mark.ray
@@ -63,7 +63,7 @@ def ray_head(ray_home):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert head.poll() is None, head.stderr.read().decode()[-2000:]
-            probe = run_cli("jobs", "list", "--address", address, env={"HOME": str(ray_home)})
+            probe = cli_here("jobs", "list", "--address", address, env={"HOME": str(ray_home)})
             if probe.returncode == 0:
                 break
             time.sleep(2)
@@ -101,12 +101,10 @@ def test_submit_wait_logs_results_and_a_failing_job(ray_head, ray_home, tmp_path
     )
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.split()[-1]
-    status = run_cli(
-        "jobs", "status", job_id, "--wait", "--address", ray_head, timeout=600, env=home
-    )
+    status = cli_here("jobs", "status", job_id, "--wait", "--address", ray_head, env=home)
     assert status.returncode == 0, status.stderr
     assert "SUCCEEDED" in status.stdout
-    logs = run_cli("jobs", "logs", job_id, "--address", ray_head, env=home)
+    logs = cli_here("jobs", "logs", job_id, "--address", ray_head, env=home)
     # the job's own first lines, after Ray's own about setting up the runtime environment
     lines = [
         line
@@ -119,15 +117,15 @@ def test_submit_wait_logs_results_and_a_failing_job(ray_head, ray_home, tmp_path
     )
     assert lines[1].startswith(f"evoplastic job: python {Path(sys.executable).parent}")
     assert "discovered rule: dw =" in logs.stdout
-    follow = run_cli("jobs", "logs", job_id, "--follow", "--address", ray_head, env=home)
+    follow = cli_here("jobs", "logs", job_id, "--follow", "--address", ray_head, env=home)
     assert follow.returncode == 0 and follow.stdout == logs.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in records] == [0, 1, 2, 3]
     assert json.loads((out / "best_rule.json").read_text())["equation"].startswith("dw =")
     assert "backend: ray" in (out / "config.yaml").read_text()
-    listed = run_cli("jobs", "list", "--address", ray_head, env=home)
+    listed = cli_here("jobs", "list", "--address", ray_head, env=home)
     assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
-    stop = run_cli("jobs", "stop", job_id, "--address", ray_head, env=home)
+    stop = cli_here("jobs", "stop", job_id, "--address", ray_head, env=home)
     assert stop.returncode == 0 and "not running" in stop.stdout
     # a job that fails on the cluster (its run directory exists): --wait follows its logs,
     # then one line on stderr, exit 2
@@ -201,9 +199,9 @@ def test_pip_environment_installs_the_stack_for_a_bare_python(ray_head, ray_home
 
 def test_unreachable_dashboard_is_one_line(tmp_path, write_config):
     cfg = write_config(small_config())
-    out = run_cli("submit", cfg, "--address", "http://127.0.0.1:9", cwd=tmp_path)
+    out = cli_here("submit", cfg, "--address", "http://127.0.0.1:9", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.startswith("error: cannot reach the Ray dashboard at 'http://127.0.0.1:9'")
     assert len(out.stderr.strip().splitlines()) == 1
-    out = run_cli("jobs", "list", "--address", "http://127.0.0.1:9")
+    out = cli_here("jobs", "list", "--address", "http://127.0.0.1:9")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
