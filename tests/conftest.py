@@ -1,5 +1,8 @@
+import contextlib
 import copy
+import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -8,8 +11,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-# CLI runs in tests share one fresh compilation cache, not the user's
-os.environ["EVOPLASTIC_CACHE_DIR"] = tempfile.mkdtemp(prefix="evoplastic-test-cache-")
+from evoplastic.cli import enable_compilation_cache
+
+# Every process of a test session (each pytest-xdist worker, and the CLI runs the tests
+# start) shares one fresh compilation cache, not the user's: a program that many tests build
+# (the small config's generation and evaluation) is compiled once and then loaded.
+if "EVOPLASTIC_TEST_CACHE_DIR" not in os.environ:  # the session's first process: a new one
+    os.environ["EVOPLASTIC_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="evoplastic-test-cache-")
+    _CACHE_OWNER = True
+else:
+    _CACHE_OWNER = False
+os.environ["EVOPLASTIC_CACHE_DIR"] = os.environ["EVOPLASTIC_TEST_CACHE_DIR"]
+enable_compilation_cache()
 
 SMALL = {
     "name": "small",
@@ -58,6 +71,39 @@ def run_cli(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProce
         env=env,
         timeout=timeout,
     )
+
+
+def cli_here(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run the command line in this process (as :func:`run_cli` does in a new one, without
+    the cost of a new interpreter and JAX start): its exit code, stdout and stderr.
+
+    ``cwd`` and ``env`` (variables to set, ``None`` to unset one) hold for the call only.
+    """
+    from evoplastic.cli import main
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        for key, value in (env or {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = str(value)
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+                code = 0
+            except SystemExit as stop:
+                code = stop.code or 0
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        if "ray._raylet" in sys.modules:  # Ray keeps the token it read: forget it with the env
+            sys.modules["ray._raylet"].AuthenticationTokenLoader.instance().reset_cache()
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def start_local_ray(num_cpus: int = 2):
@@ -170,3 +216,9 @@ def pytest_collection_modifyitems(config, items):
     # longest files first; a file's tests stay together and in their order (module fixtures)
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's first process removes the compilation cache it made."""
+    if _CACHE_OWNER and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(os.environ["EVOPLASTIC_TEST_CACHE_DIR"], ignore_errors=True)

@@ -186,10 +186,10 @@ def test_test_variants_are_checked_like_the_task():
     ],
 )
 def test_cli_nested_errors_are_one_line_exit_2_nothing_written(override, message, tmp_path):
-    from .conftest import run_cli
+    from .conftest import cli_here
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(small_config(meta={"optimizer": "gradient"})))
-    out = run_cli("run", cfg, override, "--out", tmp_path / "run", cwd=tmp_path)
+    out = cli_here("run", cfg, override, "--out", tmp_path / "run", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == message
     assert not (tmp_path / "run").exists()

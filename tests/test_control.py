@@ -115,7 +115,7 @@ def test_rules_needing_shapes_need_a_layered_network():
 @pytest.mark.slow  # its feature keeps a faster test in the default run
 def test_control_run_eval_and_report_from_the_cli(write_config, tmp_path):
     """A per-synapse ABCD genome (a tuple of dicts) survives best_rule.json and eval."""
-    from .conftest import run_cli
+    from .conftest import cli_here
 
     cfg = {
         "name": "cp",
@@ -128,9 +128,9 @@ def test_control_run_eval_and_report_from_the_cli(write_config, tmp_path):
         "test": {"every": 1, "instances": 2, "final_instances": 3},
     }
     run_dir = tmp_path / "run"
-    proc = run_cli("run", write_config(cfg), "--out", run_dir, "--quiet")
+    proc = cli_here("run", write_config(cfg), "--out", run_dir, "--quiet")
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("eval", run_dir, "--instances", "3", "--json")
+    proc = cli_here("eval", run_dir, "--instances", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     import json
 

@@ -13,7 +13,7 @@ from evoplastic.analysis import baselines, evaluation
 from evoplastic.config import load
 from evoplastic.tasks.mnist1d import _mnist1d
 
-from .conftest import run_cli
+from .conftest import cli_here, run_cli
 
 NET = {"hidden": [16, 16], "feedback": "random", "output_activation": "linear", "lr": 1.0,
        "lr_decay": 0.0, "w_init_std": 0.3}  # fmt: skip
@@ -162,11 +162,11 @@ def test_committed_transfer_to_mnist1d_reproduces():
 
 
 def test_eval_on_another_task_fails_with_one_line_on_bad_input():
-    proc = run_cli("eval", RESULTS / "digits", "task=nosuch")
+    proc = cli_here("eval", RESULTS / "digits", "task=nosuch")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "task.name" in proc.stderr
     # learned feedback matrices are sized by the network: they cannot be carried
-    proc = run_cli("eval", RESULTS / "sinusoid_learned_feedback", "network.hidden=[8,8]")
+    proc = cli_here("eval", RESULTS / "sinusoid_learned_feedback", "network.hidden=[8,8]")
     assert proc.returncode == 2 and "cannot be carried" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

@@ -1,4 +1,6 @@
-"""Resume after a real SIGKILL or SIGINT ends exactly like an uninterrupted run."""
+"""Resume after a real SIGKILL or SIGINT ends exactly like an uninterrupted run.
+
+The runs that are stopped are real processes; the others run the same commands in this one."""
 
 import json
 import os
@@ -11,7 +13,7 @@ import pytest
 
 from evoplastic.trainer import TIMING_FIELDS as TIMING
 
-from .conftest import run_cli, small_config
+from .conftest import cli_here, small_config
 
 
 def _config():
@@ -60,7 +62,7 @@ def reference(tmp_path_factory, request):
     cfg_path = base / "cfg.yaml"
     cfg_path.write_text(json.dumps(_config()))
     run_dir = base / "uninterrupted"
-    proc = run_cli("run", cfg_path, "--out", run_dir)
+    proc = cli_here("run", cfg_path, "--out", run_dir)
     assert proc.returncode == 0, proc.stderr
     return cfg_path, run_dir
 
@@ -78,7 +80,7 @@ def test_resume_is_exact(reference, tmp_path, sig):
     stopped_at = len(_metrics(run_dir))
     assert 20 <= stopped_at < 80, "the run was not stopped mid-way"
     assert not (run_dir / "best_rule.json").exists()
-    proc = run_cli("resume", run_dir)
+    proc = cli_here("resume", run_dir)
     assert proc.returncode == 0, proc.stderr
     assert "discovered rule" in proc.stdout
     assert _metrics(run_dir) == _metrics(ref_dir)
@@ -94,11 +96,11 @@ def test_resume_without_checkpoint_restarts_cleanly(write_config, tmp_path):
     """Killed before its first checkpoint: resume starts over without duplicate metrics."""
     cfg = small_config(generations=6, checkpoint={"every": 100})
     run_dir = tmp_path / "run"
-    assert run_cli("run", write_config(cfg), "--out", run_dir, "--quiet").returncode == 0
+    assert cli_here("run", write_config(cfg), "--out", run_dir, "--quiet").returncode == 0
     for p in (run_dir / "checkpoints").iterdir():
         p.unlink()
     (run_dir / "best_rule.json").unlink()
-    proc = run_cli("resume", run_dir, "--quiet")
+    proc = cli_here("resume", run_dir, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "starting again from generation 0" in proc.stderr
     assert [r["generation"] for r in _metrics(run_dir)] == list(range(6))
@@ -107,9 +109,9 @@ def test_resume_without_checkpoint_restarts_cleanly(write_config, tmp_path):
 def test_resume_refuses_an_edited_config(write_config, tmp_path):
     run_dir = tmp_path / "run"
     cfg = small_config(generations=4)
-    assert run_cli("run", write_config(cfg), "--out", run_dir, "--quiet").returncode == 0
+    assert cli_here("run", write_config(cfg), "--out", run_dir, "--quiet").returncode == 0
     text = (run_dir / "config.yaml").read_text().replace("seed: 0", "seed: 1")
     (run_dir / "config.yaml").write_text(text)
-    proc = run_cli("resume", run_dir)
+    proc = cli_here("resume", run_dir)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "differs from the config" in proc.stderr

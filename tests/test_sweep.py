@@ -8,7 +8,7 @@ import pytest
 from evoplastic import sweep
 from evoplastic.config import ConfigError
 
-from .conftest import run_cli, small_config
+from .conftest import cli_here, run_cli, small_config
 
 
 def test_seeds_and_sweep_values_parse():
@@ -49,7 +49,7 @@ def _mean(run_dir, metric):
 def test_run_seeds_and_sweep_then_report_aggregates_over_seeds(tmp_path, write_config):
     cfg = write_config(small_config(generations=2, test={"every": 0, "final_instances": 8}))
     out = tmp_path / "sweep"
-    res = run_cli(
+    res = cli_here(
         "run",
         cfg,
         "--seeds",
@@ -59,7 +59,6 @@ def test_run_seeds_and_sweep_then_report_aggregates_over_seeds(tmp_path, write_c
         "--out",
         out,
         "--quiet",
-        timeout=900,
     )
     assert res.returncode == 0, res.stderr
     index = json.loads((out / "sweep.json").read_text())
@@ -69,7 +68,7 @@ def test_run_seeds_and_sweep_then_report_aggregates_over_seeds(tmp_path, write_c
     for p in index["points"]:
         text = (out / p["dir"] / "config.yaml").read_text()
         assert f"seed: {p['seed']}" in text and f"name: {p['overrides']['strategy.name']}" in text
-    report = run_cli("report", out)
+    report = cli_here("report", out)
     assert report.returncode == 0, report.stderr
     rows = [line for line in report.stdout.splitlines() if "| trained |" in line]
     evolved = [r for r in rows if "| polynomial |" in r]
@@ -86,21 +85,21 @@ def test_run_seeds_and_sweep_then_report_aggregates_over_seeds(tmp_path, write_c
 def test_a_bad_point_is_one_line_and_writes_nothing(tmp_path, write_config):
     cfg = write_config(small_config())
     out = tmp_path / "sweep"
-    res = run_cli("run", cfg, "--sweep", "strategy.population_size=8,0", "--out", out)
+    res = cli_here("run", cfg, "--sweep", "strategy.population_size=8,0", "--out", out)
     assert res.returncode == 2 and not out.exists()
     assert res.stderr.strip() == (
         "error: sweep point population_size=0: strategy.population_size: must be > 0, got 0"
     )
-    res = run_cli("run", cfg, "--seeds", "3-1", "--out", out)
+    res = cli_here("run", cfg, "--seeds", "3-1", "--out", out)
     assert res.returncode == 2 and "--seeds: empty range" in res.stderr and not out.exists()
 
 
 def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path, write_config):
     cfg = write_config(small_config())
-    res = run_cli("run", cfg, "generations=7", "--dry-run", cwd=tmp_path)
+    res = cli_here("run", cfg, "generations=7", "--dry-run", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "generations: 7" in res.stdout and "population_size: 8" in res.stdout
-    res = run_cli("run", cfg, "--seeds", "0-2", "--dry-run", cwd=tmp_path)
+    res = cli_here("run", cfg, "--seeds", "0-2", "--dry-run", cwd=tmp_path)
     assert res.stdout.splitlines()[-1] == "3 runs"
     assert not (tmp_path / "runs").exists()
 
