@@ -228,6 +228,16 @@ def test_lstm_baseline_trains_on_the_same_budget():
     assert float(jnp.mean(losses[-5:])) < float(jnp.mean(losses[:5]))  # it learns something
 
 
+def test_lstm_baseline_trains_and_scores_on_the_tasks_loss():
+    """With ``task.loss: hinge`` the LSTM's validation and test losses are hinge losses
+    (at most ``margin + 1``; the squared error of outputs near zero is about 1)."""
+    exp = build(_config(generations=3, task={"loss": "hinge", "margin": 0.1}))
+    out = rb.lstm_baseline(exp, lrs=(1e-3,), instances=16)
+    assert (out["loss"], out["margin"]) == ("hinge", 0.1)
+    assert max(out["validation_loss_by_learning_rate"].values()) < 0.3
+    assert out["test"]["loss"]["mean"] < 0.3
+
+
 def test_lstm_baseline_command_rejects_bad_input(tmp_path, capsys):
     assert rb.main([str(tmp_path / "missing.yaml")]) == 2
     cfg = tmp_path / "pca.yaml"

@@ -144,6 +144,8 @@ def lstm_baseline(exp, hidden: int | None = None, lrs=LEARNING_RATES, instances:
         "hidden": hidden,
         "params": lstm_params(family.n_bits, hidden, family.n_bits),
         "plastic_genome_params": n_plastic,
+        "loss": family.loss,
+        "margin": family.margin if family.loss == "hinge" else None,
         "episodes": budget["generations"] * budget["instances"],
         "optimizer_steps": budget["generations"],
         "learning_rate": best,
