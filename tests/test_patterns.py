@@ -57,6 +57,49 @@ def test_loss_counts_only_the_zeroed_bits():
     assert float(metrics["bit_accuracy"]) == pytest.approx(1 - 1 / m.sum())
 
 
+def test_hinge_loss_scores_the_signs_of_the_completed_bits():
+    """``loss: hinge``: max(0, margin - y * target) on the zeroed bits; a right sign beyond
+    the margin costs nothing however small the output, a wrong one costs its size."""
+    task = _family(n_bits=10).sample(jax.random.PRNGKey(0), "test")
+    t, m = np.asarray(task.target), np.asarray(task.mask)
+
+    def hinge(y):
+        loss, metrics = completion_score(jnp.asarray(y, jnp.float32), task, "hinge", 0.1)
+        return float(loss), float(metrics["bit_accuracy"])
+
+    assert hinge(0.2 * t) == (0.0, 1.0)  # small but right: no loss (squared error: 0.64)
+    assert hinge(t)[0] == hinge(0.11 * t)[0] == 0.0
+    assert hinge(0.05 * t)[0] == pytest.approx(0.05)  # inside the margin
+    shown_bit, zeroed_bit = int(np.argmin(m)), int(np.argmax(m))
+    y = 0.5 * t
+    y[shown_bit] *= -1  # a wrong shown bit does not count
+    assert hinge(y) == (0.0, 1.0)
+    y[zeroed_bit] *= -1  # a wrong completed bit costs margin + |y|
+    loss, acc = hinge(y)
+    assert loss == pytest.approx(0.6 / m.sum())
+    assert acc == pytest.approx(1 - 1 / m.sum())
+    with pytest.raises(ValueError, match="task.loss"):
+        _family(n_bits=10, loss="logistic")
+    with pytest.raises(ValueError, match="task.margin"):
+        _family(n_bits=10, loss="hinge", margin=0.0)
+
+
+def test_bad_loss_option_is_one_line_and_exit_2(tmp_path, capsys):
+    from evoplastic.cli import main
+
+    out = tmp_path / "run"
+    for bad, message in (
+        ("task.loss=hing", "task.loss: must be one of squared, hinge"),
+        ("task.margin=2", "task.margin: must be in (0, 1]"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", "experiments/patterns.yaml", bad, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+        assert not out.exists()
+
+
 def test_step_matches_miconis_update():
     """Parity with the paper's equations, written out in numpy."""
     fam = _family(n_bits=7, alpha="synapse", learn_w=True)
@@ -183,6 +226,16 @@ def test_lstm_baseline_trains_on_the_same_budget():
     assert 0.0 <= out["test"]["bit_accuracy"]["mean"] <= 1.0
     _, _, losses = rb.train_lstm(exp.family, completion_score, 8, 1e-2, 40, 8, 0)
     assert float(jnp.mean(losses[-5:])) < float(jnp.mean(losses[:5]))  # it learns something
+
+
+def test_lstm_baseline_trains_and_scores_on_the_tasks_loss():
+    """With ``task.loss: hinge`` the LSTM's validation and test losses are hinge losses
+    (at most ``margin + 1``; the squared error of outputs near zero is about 1)."""
+    exp = build(_config(generations=3, task={"loss": "hinge", "margin": 0.1}))
+    out = rb.lstm_baseline(exp, lrs=(1e-3,), instances=16)
+    assert (out["loss"], out["margin"]) == ("hinge", 0.1)
+    assert max(out["validation_loss_by_learning_rate"].values()) < 0.3
+    assert out["test"]["loss"]["mean"] < 0.3
 
 
 def test_lstm_baseline_command_rejects_bad_input(tmp_path, capsys):

@@ -144,9 +144,8 @@ def test_mlp_rule_rediscovers_oja_without_a_term_library():
             assert got[variant]["nonfinite"] == 0
 
 
-# lower bounds on the held-out bit accuracy: the target (0.99) where met, else the
-# committed shortfall
-PATTERNS_BOUND = {"patterns": 0.99, "patterns_es": 0.98}
+# lower bounds on the held-out bit accuracy: the target (0.99), met by both (hinge loss)
+PATTERNS_BOUND = {"patterns": 0.99, "patterns_es": 0.99}
 
 
 @pytest.mark.parametrize("name", ["patterns", "patterns_es"])
@@ -170,6 +169,7 @@ def test_patterns_lstm_baseline_stays_below_the_plastic_network():
         lstm["params"] >= lstm["plastic_genome_params"] == len(exp.flat_genome(exp.genome_template))
     )
     assert lstm["optimizer_steps"] == exp.config.generations
+    assert (lstm["loss"], lstm["margin"]) == (exp.family.loss, exp.family.margin)
     assert lstm["episodes"] == exp.config.generations * exp.config.evaluation.instances
     p = committed["trained"]["evolved"]["bit_accuracy"]
     q = lstm["test"]["bit_accuracy"]

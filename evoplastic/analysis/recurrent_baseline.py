@@ -11,7 +11,8 @@ compare plastic networks with LSTMs this way.
 
 The hidden size defaults to the smallest whose parameter count is at least the plastic
 genome's; the learning rate is picked from a sweep by the loss on meta-train episodes
-not used for training, at the full budget. The LSTM sees the bits themselves (``+-1``
+not used for training, at the full budget. The LSTM is trained on the task's own loss
+(``task.loss``, ``task.margin``). The LSTM sees the bits themselves (``+-1``
 and 0), not the ``input_scale``-times stronger drive of the plastic network's neurons.
 
 Run ``python -m evoplastic.analysis.recurrent_baseline CONFIG [--out FILE]``.
@@ -20,6 +21,7 @@ Run ``python -m evoplastic.analysis.recurrent_baseline CONFIG [--out FILE]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -115,9 +117,10 @@ def evaluate_lstm(model, params, family, score, keys, split: str) -> dict:
 
 def lstm_baseline(exp, hidden: int | None = None, lrs=LEARNING_RATES, instances: int = 100):
     """Tune, train and evaluate the LSTM baseline of an experiment; a JSON-ready dict."""
-    from ..tasks.patterns import completion_score
+    from ..tasks.patterns import completion_score as score
 
     cfg, family = exp.config, exp.family
+    completion_score = functools.partial(score, loss=family.loss, margin=family.margin)
     n_plastic = len(exp.flat_genome(exp.genome_template))
     hidden = hidden or matching_hidden(family.n_bits, family.n_bits, n_plastic)
     budget = {"generations": cfg.generations, "instances": cfg.evaluation.instances}
@@ -141,6 +144,8 @@ def lstm_baseline(exp, hidden: int | None = None, lrs=LEARNING_RATES, instances:
         "hidden": hidden,
         "params": lstm_params(family.n_bits, hidden, family.n_bits),
         "plastic_genome_params": n_plastic,
+        "loss": family.loss,
+        "margin": family.margin if family.loss == "hinge" else None,
         "episodes": budget["generations"] * budget["instances"],
         "optimizer_steps": budget["generations"],
         "learning_rate": best,

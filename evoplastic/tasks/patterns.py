@@ -7,11 +7,15 @@ them ``presentations`` times, in a fresh random order each time, each for
 with half of its bits (a random subset of ``n_bits // 2``) set to zero, for
 ``test_steps`` steps. Input ``i`` drives neuron ``i`` with ``input_scale`` times the bit.
 
-The loss is the mean squared error of the network's final activities against the test
-pattern on the zeroed bits only (the bits it must complete); the metric ``bit_accuracy``
-is the fraction of those bits whose sign is right. Which patterns an episode holds is
-known only once it starts, so no fixed weights can solve the task: the network must store
-the patterns within the episode, with plasticity (or, for an LSTM, in its activities).
+The loss is scored on the network's final activities, on the zeroed bits only (the bits
+it must complete): by default (``loss: squared``) their mean squared error against the
+test pattern; with ``loss: hinge`` the mean of ``max(0, margin - y * target)``, a convex
+surrogate of the count of wrong signs that asks each completed bit for the right sign by
+``margin`` and no more (it does not reward saturated outputs). The metric
+``bit_accuracy`` is the fraction of those bits whose sign is right. Which patterns an
+episode holds is known only once it starts, so no fixed weights can solve the task: the
+network must store the patterns within the episode, with plasticity (or, for an LSTM, in
+its activities).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from flax import struct
 from .. import networks
 from ..networks.plastic_recurrent import PlasticRecurrentNetwork, PlasticRecurrentState
 from .base import split_key
+
+LOSSES = ("squared", "hinge")
 
 
 @struct.dataclass
@@ -48,6 +54,9 @@ class PatternsFamily:
       present_steps, pause_steps: steps of each presentation and of the pause after it.
       test_steps: steps the degraded pattern is shown for.
       input_scale: the input drive of a +-1 bit (20 in the paper: inputs clamp neurons).
+      loss: ``squared`` (squared error of the completed bits) or ``hinge``
+        (``max(0, margin - y * target)`` on each completed bit).
+      margin: the hinge loss's margin, in (0, 1] (tanh outputs); unused by ``squared``.
     """
 
     network: PlasticRecurrentNetwork
@@ -58,6 +67,8 @@ class PatternsFamily:
     pause_steps: int = 4
     test_steps: int = 6
     input_scale: float = 20.0
+    loss: str = "squared"
+    margin: float = 0.1
 
     metric_names = ("bit_accuracy",)
 
@@ -71,6 +82,10 @@ class PatternsFamily:
             raise ValueError(f"task.pause_steps: must be >= 0, got {self.pause_steps}")
         if not self.input_scale > 0:
             raise ValueError(f"task.input_scale: must be > 0, got {self.input_scale}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"task.loss: must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if isinstance(self.margin, bool) or not 0 < self.margin <= 1:
+            raise ValueError(f"task.margin: must be in (0, 1], got {self.margin!r}")
 
     @property
     def steps(self) -> int:
@@ -117,7 +132,7 @@ class PatternsFamily:
 
     def score(self, task: PatternsTask, state: PlasticRecurrentState):
         """``(loss, metrics)`` of the final activities on the zeroed bits."""
-        return completion_score(state.y, task)
+        return completion_score(state.y, task, self.loss, self.margin)
 
     @classmethod
     def create(cls, network: dict | None = None, **params) -> PatternsFamily:
@@ -128,11 +143,20 @@ class PatternsFamily:
         return cls(network=net, **params)
 
 
-def completion_score(y: jax.Array, task: PatternsTask) -> tuple[jax.Array, dict]:
-    """``(loss, {bit_accuracy})`` of final activities ``y``: the squared error and the
-    fraction of right signs over the zeroed bits (shared by the LSTM baseline)."""
+def completion_score(
+    y: jax.Array, task: PatternsTask, loss: str = "squared", margin: float = 0.1
+) -> tuple[jax.Array, dict]:
+    """``(loss, {bit_accuracy})`` of final activities ``y`` over the zeroed bits: the
+    squared error (``loss="squared"``) or the hinge ``max(0, margin - y * target)``
+    (``loss="hinge"``), and the fraction of right signs (shared by the LSTM baseline)."""
     m = task.mask
     count = jnp.maximum(jnp.sum(m), 1.0)
-    loss = jnp.sum(m * (y - task.target) ** 2) / count
+    if loss == "squared":
+        per_bit = (y - task.target) ** 2
+    elif loss == "hinge":
+        per_bit = jax.nn.relu(margin - y * task.target)
+    else:
+        raise ValueError(f"task.loss: must be one of {', '.join(LOSSES)}, got {loss!r}")
+    loss = jnp.sum(m * per_bit) / count
     right = jnp.sum(m * (jnp.sign(y) == task.target)) / count
     return loss, {"bit_accuracy": right}
