@@ -725,6 +725,7 @@ class DriftStates:
     tasks: object
     inputs: np.ndarray
     every: int
+    rule: object = None  # the rule that made the states (its own state is kept for it)
 
 
 def visited_states(family, rule, genome, keys, every: int = DRIFT_EVERY,
@@ -751,7 +752,7 @@ def visited_states(family, rule, genome, keys, every: int = DRIFT_EVERY,
     chosen = np.sort(rng.choice(steps, min(inputs, steps), replace=False))
     with _Float64():
         states, tasks = run(genome, jax.numpy.asarray(keys))
-    return DriftStates(states, tasks, chosen, every)
+    return DriftStates(states, tasks, chosen, every, rule)
 
 
 def drift(family, rule, genomes, visited: DriftStates, chunk: int = 50) -> np.ndarray:
@@ -766,8 +767,9 @@ def drift(family, rule, genomes, visited: DriftStates, chunk: int = 50) -> np.nd
     valid = np.concatenate([np.ones(len(inputs)), np.zeros(pad)]).reshape(-1, chunk)
 
     def at(genome, task, state, blocks, valid):
-        fresh = _init_state(family, task, rule)
-        if hasattr(state, "rule_state"):
+        if rule is not visited.rule and hasattr(state, "rule_state"):
+            # another rule (a term of the library) starts from its own initial state
+            fresh = _init_state(family, task, rule)
             state = dataclasses.replace(state, rule_state=fresh.rule_state)
         w0 = _state_weights(state)
 
