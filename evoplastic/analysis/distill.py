@@ -9,14 +9,17 @@ post, w, err, mod`` up to a degree) by sequential thresholded least squares (STL
 Brunton, Proctor & Kutz 2016, "Discovering governing equations from data by sparse
 identification of nonlinear dynamical systems", PNAS).
 
-What is fitted is what matters to learning: the change the rule made to each weight over
-short windows of steps, ``sum_t s_t dw_t`` with the step size ``s_t`` the network applied
-(:func:`window_samples`), against the same sums of each term. Per-step fluctuations that
-average out within a window (a term such as ``pre`` on zero-mean inputs) and steps the
-network hardly applied (a decayed step size) weigh little; the drift that moves the
-weights weighs most. A polynomial rule is still recovered exactly, whatever the window.
-The fit is judged by its R² on windows from *other* held-out instances than it was fitted
-on.
+What is fitted is what matters to learning. By default (``target="drift"``, where the task
+has the stepwise inner loop) it is the rule's *drift*: at the states the network visits
+along its own inner loop, the weight change of one step averaged over many inputs of the
+same instance, the state held fixed (:func:`drift_samples`), against the same average of
+each term. Fluctuations that average out over the inputs weigh nothing, and the drift is
+what decides where the weights go (stochastic approximation). Elsewhere
+(``target="window"``) it is the change the rule made to each weight over short windows of
+steps along its path, ``sum_t s_t dw_t`` with the step size ``s_t`` the network applied
+(:func:`window_samples`), against the same sums of each term. A polynomial rule is
+recovered exactly either way. The fit is judged by its R² on samples from *other* held-out
+instances than it was fitted on.
 
 The result is a polynomial rule (:func:`evoplastic.rules.polynomial`) over the terms that
 survived, so it can be evaluated like any other rule (``evoplastic eval RUN --rule
