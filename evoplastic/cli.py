@@ -638,9 +638,18 @@ def _distilled(run_dir: Path, cfg, genome):
     help="Choose the sparsity (--threshold and larger) by the equation's task loss on this"
     " many held-out instances of its own (0: keep --threshold).",
 )
+@click.option(
+    "--target",
+    type=click.Choice(["auto", "drift", "window"]),
+    default="auto",
+    show_default=True,
+    help="What is fitted: the expected weight change at the states the network visits"
+    " (drift), or the weight change over --window steps along its path (window); auto:"
+    " drift where the task allows it.",
+)
 def distill(
     run_dir, degree, threshold, fit_instances, heldout_instances, eval_instances, window,
-    select_instances,
+    select_instances, target,
 ):  # fmt: skip
     """Fit a run's rule with a sparse polynomial of local signals; write distilled.json.
 
@@ -667,6 +676,7 @@ def distill(
             threshold=threshold,
             window=window,
             select_instances=select_instances,
+            target=target,
         )
         dexp, dgenome = dist.distilled_experiment(cfg, d, genome)
     except (dist.DistillError, ConfigError) as err:
@@ -675,11 +685,20 @@ def distill(
     click.echo(f"distilled: {d.equation}")
     order = sorted(zip(d.importance, d.terms, strict=True), reverse=True)[:5]
     click.echo("largest terms (share of dw's RMS): " + ", ".join(f"{t} {v:.2f}" for v, t in order))
+    if d.target == "drift":
+        what = (
+            f"drift: weight x state every {d.drift['every']} steps, averaged over"
+            f" {d.drift['inputs']} inputs"
+        )
+    else:
+        what = f"synapse x {window}-step window"
     click.echo(
-        f"R² {d.r2:.4f} on {d.samples['heldout']} held-out samples (synapse x {window}-step"
-        f" window) from {heldout_instances} held-out instances;"
-        f" fit on {fit_instances} others: R² {d.r2_fit:.4f}"
+        f"R² {d.r2:.4f} on {d.samples['heldout']} held-out samples ({what}) from"
+        f" {heldout_instances} held-out instances; fit on {fit_instances} others:"
+        f" R² {d.r2_fit:.4f}"
     )
+    if d.r2_window is not None:
+        click.echo(f"(the same equation against {window}-step windows: R² {d.r2_window:.4f})")
     if d.selection:
         tried = ", ".join(
             f"{c['terms']} terms {c['loss']:.4g}"

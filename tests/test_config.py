@@ -155,6 +155,21 @@ def test_yaml_1_2_numbers_in_files_and_overrides(tmp_path):
         ("meta.gradient.optimizer", {"name": "adam"}, "rejects these arguments"),
         ("strategy.optimizer", {"name": "adam", "learning_rate": 0.1, "b1": [1]}, "a number"),
         ("strategy.optimizer", {"name": "sgd", "learning_rate": 0.1, "nesterov": 1}, "true or"),
+        (
+            "meta.gradient.optimizer",
+            {"name": "adam", "learning_rate": {"schedule": "cosine", "init_value": 0.1}},
+            r"learning_rate.schedule: expected an optax schedule .*cosine_decay_schedule",
+        ),
+        (
+            "meta.gradient.optimizer",
+            {"name": "adam", "learning_rate": {"schedule": "cosine_decay_schedule", "x": 1}},
+            "learning_rate.x: not an argument of optax.cosine_decay_schedule",
+        ),
+        (
+            "meta.gradient.optimizer",
+            {"name": "adam", "learning_rate": {"schedule": "constant_schedule", "value": -1}},
+            "rate at step 0 must be finite and >= 0",
+        ),
     ],
 )
 def test_optimizer_sections_are_checked_before_use(path, spec, message):
@@ -166,6 +181,25 @@ def test_optimizer_sections_are_checked_before_use(path, spec, message):
     with pytest.raises(ConfigError, match=message) as err:
         config.parse(data)
     assert str(err.value).startswith(path)
+
+
+def test_a_learning_rate_schedule_sets_each_steps_rate():
+    """``learning_rate: {schedule: cosine_decay_schedule, ...}``: SGD's steps follow the
+    schedule (0.1 at step 0, half of it halfway, 0 at the end)."""
+    import jax.numpy as jnp
+
+    from evoplastic.meta.strategies import make_optimizer
+
+    spec = {"schedule": "cosine_decay_schedule", "init_value": 0.1, "decay_steps": 10}
+    config.parse(small_config(meta={"optimizer": "gradient", "gradient": {
+        "optimizer": {"name": "sgd", "learning_rate": spec}}}))  # fmt: skip
+    tx = make_optimizer({"name": "sgd", "learning_rate": spec})
+    state, steps = tx.init(jnp.zeros(1)), []
+    for _ in range(11):
+        update, state = tx.update(jnp.ones(1), state)
+        steps.append(-float(update[0]))
+    assert steps[0] == pytest.approx(0.1) and steps[5] == pytest.approx(0.05)
+    assert steps[10] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_test_variants_are_checked_like_the_task():

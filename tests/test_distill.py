@@ -102,7 +102,7 @@ def test_distill_and_eval_commands(tmp_path, capsys):
     run_dir = tmp_path / "run"  # pca; terms pre*post, post^2*w, w, post; the rule is Oja's
     fake_run(run_dir, small_config(), jnp.array([1.0, -1.0, 0.0, 0.0]))
     args = ["--fit-instances", "2", "--heldout-instances", "2", "--eval-instances", "0"]
-    assert call(["distill", str(run_dir), *args]) == 0
+    assert call(["distill", str(run_dir), *args, "--target", "window"]) == 0
     out = capsys.readouterr().out
     assert "distilled: dw = pre*post - post^2*w" in out, out
     saved = distill.load(run_dir / "distilled.json")
@@ -141,14 +141,14 @@ def test_distilling_a_polynomial_rule_recovers_its_coefficients(pca):
     terms = ("pre*post", "post^2*w", "w", "1")
     coefs = np.array([0.7, -1.3, 0.2, -0.05])
     rule = rules.polynomial(terms)
-    for window in (1, 20):
+    for target, window in (("window", 1), ("window", 20), ("drift", 20)):
         d = distill.distill_rule(
-            pca, rule, jnp.asarray(coefs), fit_instances=2, heldout_instances=2, window=window
-        )
+            pca, rule, jnp.asarray(coefs), 2, 2, window=window, target=target
+        )  # fmt: skip
         assert set(d.terms) == set(terms), d.equation
         for term, value in zip(terms, coefs, strict=True):
             assert coefficient(d, term) == pytest.approx(value, rel=1e-4), (window, d.equation)
-        assert d.r2 > 0.9999 and d.window == window
+        assert d.r2 > 0.9999 and d.window == window and d.target == target
         assert d.instances["diverged"] == 0
 
 
@@ -212,3 +212,41 @@ def test_sparsity_is_chosen_by_the_equations_task_loss(pca, mlp_like_oja):
     else:
         assert chosen["loss"] == min(c["loss"] for c in sel["candidates"])
     assert set(d.dominant(2)) == set(OJA), d.equation
+
+
+def test_the_drift_is_the_expected_update_at_a_state_held_fixed():
+    """Oja's rule's drift vanishes where it converges: at the end of its own inner loop
+    (w near PC1, |w| near 1) it is a small fraction of what it is at the start, although
+    single steps there are as large as ever; and the drift of a polynomial rule is the
+    sum of its terms' drifts (the same states and inputs)."""
+    pca = tasks.make("pca", dim=8, steps=1000)
+    rule = rules.polynomial(("pre*post", "post^2*w"))
+    genome = jnp.array([1.0, -1.0])
+    keys = tasks.test_instance_keys(2)
+    visited = distill.visited_states(pca, rule, genome, keys, every=100, inputs=200)
+    mean = distill.drift(pca, rule, genome[None], visited)[0]  # [2, states, 8]
+    size = np.linalg.norm(mean, axis=-1)
+    assert np.all(size[:, -1] < 0.05 * size[:, 0]), size
+    # single steps at the last state are not small: the average over inputs is what vanishes
+    for seed in range(3):
+        single = distill.visited_states(pca, rule, genome, keys, every=100, inputs=1, seed=seed)
+        step = np.linalg.norm(distill.drift(pca, rule, genome[None], single)[0], axis=-1)
+        assert np.all(step[:, -1] > 3 * size[:, -1]), (step[:, -1], size[:, -1])
+    x, y = distill.drift_samples(pca, rule, genome, keys, ("pre*post", "post^2*w"), 100, 200)
+    np.testing.assert_allclose(y, x @ np.array([1.0, -1.0]), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(y.reshape(mean.shape), mean, rtol=1e-9, atol=1e-12)
+
+
+def test_drift_needs_the_stepwise_inner_loop(pca):
+    class Opaque:  # a family with only sample and inner_loop
+        def sample(self, key, split):
+            return pca.sample(key, split)
+
+        def inner_loop(self, rule, genome, task, key=None):
+            return pca.inner_loop(rule, genome, task, key)
+
+    rule = rules.polynomial(("pre*post", "post^2*w"))
+    with pytest.raises(distill.DistillError, match="no stepwise inner loop; use --target window"):
+        distill.distill_rule(Opaque(), rule, jnp.array([1.0, -1.0]), 1, 1, target="drift")
+    d = distill.distill_rule(Opaque(), rule, jnp.array([1.0, -1.0]), 1, 1)  # auto: window
+    assert d.target == "window" and set(d.terms) == set(OJA)

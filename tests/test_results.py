@@ -131,11 +131,10 @@ def test_every_result_has_its_config_genome_and_evaluation():
 
 def test_mlp_rule_rediscovers_oja_without_a_term_library():
     """Target: an MLP of pre, post and w (no polynomial terms), evolved by CMA-ES at dim 8,
-    aligns the neuron with PC1 (median |cos| >= 0.99) at dim 8 and at dim 40. The same MLP
-    meta-trained by backprop meets the bar at dim 8; at dim 40 its committed seed falls
-    short (0.9889), which this pins."""
+    aligns the neuron with PC1 (median |cos| >= 0.99) at dim 8 and at dim 40; so does the
+    same MLP, made odd in (post, w), meta-trained by backprop."""
     variants = ("trained", "dim_x5")
-    for name, bounds in (("oja_mlp", (0.99, 0.99)), ("oja_mlp_backprop", (0.99, 0.988))):
+    for name, bounds in (("oja_mlp", (0.99, 0.99)), ("oja_mlp_backprop", (0.99, 0.99))):
         got, committed = _evolved(name, variants, metric="alignment")
         for variant, bound in zip(variants, bounds, strict=True):
             median = got[variant]["median"]

@@ -198,6 +198,29 @@ def test_mlp_rule_is_local_and_evolvable():
         rules.mlp(features=("pre", "trace"))
 
 
+def test_mlp_rule_odd_in_post_and_w_mirrors_the_sign_of_the_weights():
+    """With ``odd_in: [post, w]``: dw(pre, -post, -w) = -dw(pre, post, w) for any genome, the
+    rule stays local, and a constant part of the MLP (its output bias) no longer moves w."""
+    rule = rules.mlp(features=("pre", "post", "w"), hidden=(8,), odd_in=("post", "w"))
+    plain = rules.mlp(features=("pre", "post", "w"), hidden=(8,))
+    genome = rule.init(jax.random.PRNGKey(3))
+    sig = _random_signals()
+    flipped = Signals(pre=sig.pre, post=-sig.post, w=-sig.w, err=sig.err, mod=sig.mod)
+    with jax.default_matmul_precision("float32"):
+        dw = rule.update(genome, sig)
+        np.testing.assert_allclose(rule.update(genome, flipped), -dw, rtol=1e-5, atol=1e-7)
+        assert not np.allclose(plain.update(genome, flipped), -plain.update(genome, sig))
+        biased = jax.tree.map(lambda x: x, genome)
+        biased["Dense_1"]["bias"] = biased["Dense_1"]["bias"] + 5.0
+        np.testing.assert_allclose(rule.update(biased, sig), dw, rtol=1e-5, atol=1e-6)
+    d_pre, d_post, d_w, _ = _jacobians(rule, genome, sig)
+    mask_pre, mask_post, mask_w = _locality_masks(3, 4)
+    for jac, mask in ((d_pre, mask_pre), (d_post, mask_post), (d_w, mask_w)):
+        assert np.all(np.asarray(jac)[mask == 0] == 0.0)
+    with pytest.raises(ValueError, match="rule.odd_in: 'err' is not one of the features"):
+        rules.mlp(features=("pre", "post", "w"), odd_in=("err",))
+
+
 def test_stateful_and_fixed_rules_are_local():
     """BCM (with its per-neuron threshold state) and feedback alignment pass the Jacobian
     locality check; BCM's threshold of neuron i reaches only row i."""

@@ -9,14 +9,17 @@ post, w, err, mod`` up to a degree) by sequential thresholded least squares (STL
 Brunton, Proctor & Kutz 2016, "Discovering governing equations from data by sparse
 identification of nonlinear dynamical systems", PNAS).
 
-What is fitted is what matters to learning: the change the rule made to each weight over
-short windows of steps, ``sum_t s_t dw_t`` with the step size ``s_t`` the network applied
-(:func:`window_samples`), against the same sums of each term. Per-step fluctuations that
-average out within a window (a term such as ``pre`` on zero-mean inputs) and steps the
-network hardly applied (a decayed step size) weigh little; the drift that moves the
-weights weighs most. A polynomial rule is still recovered exactly, whatever the window.
-The fit is judged by its R² on windows from *other* held-out instances than it was fitted
-on.
+What is fitted is what matters to learning. By default (``target="drift"``, where the task
+has the stepwise inner loop) it is the rule's *drift*: at the states the network visits
+along its own inner loop, the weight change of one step averaged over many inputs of the
+same instance, the state held fixed (:func:`drift_samples`), against the same average of
+each term. Fluctuations that average out over the inputs weigh nothing, and the drift is
+what decides where the weights go (stochastic approximation). Elsewhere
+(``target="window"``) it is the change the rule made to each weight over short windows of
+steps along its path, ``sum_t s_t dw_t`` with the step size ``s_t`` the network applied
+(:func:`window_samples`), against the same sums of each term. A polynomial rule is
+recovered exactly either way. The fit is judged by its R² on samples from *other* held-out
+instances than it was fitted on.
 
 The result is a polynomial rule (:func:`evoplastic.rules.polynomial`) over the terms that
 survived, so it can be evaluated like any other rule (``evoplastic eval RUN --rule
@@ -41,7 +44,7 @@ import numpy as np
 
 from .. import rules
 from ..tasks import evaluate_genome, test_instance_keys
-from .trace import RECORDED, record_inner_loops, synapse_samples
+from .trace import RECORDED, _as_float64, record_inner_loops, synapse_samples
 
 # the local signals a recorded inner loop holds (every network gives them)
 SIGNAL_NAMES = RECORDED[:-1]
@@ -55,6 +58,8 @@ SPARSITY_PATH = (0.01, 0.03, 0.1, 0.3)  # thresholds tried when choosing by task
 LOSS_TOLERANCE = 0.1  # the sparsest equation within 10% of the rule's task loss wins
 SELECT_OFFSET = 10_000  # held-out instances from here on score the candidate equations
 FILE_NAME = "distilled.json"
+DRIFT_EVERY = 20  # a state every this many steps of the network's own inner loop
+DRIFT_INPUTS = 1000  # inputs (steps of the same instance) each drift is averaged over
 
 
 class DistillError(ValueError):
@@ -158,6 +163,12 @@ class Distilled:
       selection: how the sparsity was chosen by task loss (see :func:`distill_rule`):
         ``{"instances", "rule_loss", "candidates": [{"threshold", "terms", "loss"}]}``;
         empty when it was not.
+      target: what was fitted: ``"drift"`` (the expected weight change at the states the
+        network visits, :func:`drift_samples`) or ``"window"`` (:func:`window_samples`).
+      drift: with ``target="drift"``, ``{"every", "inputs"}``: a state every ``every``
+        steps, each drift averaged over ``inputs`` inputs.
+      r2_window: with ``target="drift"``, the equation's R² against the windowed weight
+        changes of the held-out instances (:func:`window_samples`), for comparison.
     """
 
     terms: tuple[str, ...]
@@ -175,6 +186,9 @@ class Distilled:
     library: tuple[str, ...]
     window: int = 1
     selection: dict = dataclasses.field(default_factory=dict)
+    target: str = "window"
+    drift: dict = dataclasses.field(default_factory=dict)
+    r2_window: float | None = None
 
     @property
     def equation(self) -> str:
@@ -430,17 +444,26 @@ def distill_rule(
     seed: int = 0,
     window: int = DEFAULT_WINDOW,
     select_instances: int = 0,
+    target: str = "auto",
+    drift_inputs: int = DRIFT_INPUTS,
 ) -> Distilled:
     """Fit ``rule(genome)``'s weight changes with a sparse polynomial of local signals.
 
     The inner loop is recorded in float64 on held-out task instances; instances on which
     the rule diverges (:func:`diverged`) are skipped. The first ``fit_instances`` finite
-    ones are fitted, the next ``heldout_instances`` score the fit (R²). The fit's target
-    is what the rule did to each weight over windows of ``window`` steps
-    (:func:`window_samples`): fluctuations that average out within a window and steps the
-    network hardly applied (a decayed step size) weigh little, the drift that moves the
-    weights weighs most. The library holds every product of the ``signals`` that vary in
-    the fit samples, up to ``degree``.
+    ones are fitted, the next ``heldout_instances`` score the fit (R²). The library holds
+    every product of the ``signals`` that vary in the recorded signals, up to ``degree``.
+    What is fitted (``target``):
+
+    * ``"drift"``: the expected weight change at the states the network visits
+      (:func:`drift_samples`): every :data:`DRIFT_EVERY` steps of the rule's own inner
+      loop, one step of the rule from that state, averaged over ``drift_inputs`` inputs of
+      the same instance. Fluctuations that average out over the inputs weigh nothing; the
+      drift, which decides where the weights go, is all that is fitted.
+    * ``"window"``: what the rule did to each weight over windows of ``window`` steps along
+      its own path (:func:`window_samples`).
+    * ``"auto"``: ``"drift"`` where the family allows it (:func:`drift_unsupported`), else
+      ``"window"``.
 
     Args:
       family: the task family the rule was meta-trained on (its inner loop makes the signals).
@@ -450,8 +473,8 @@ def distill_rule(
       threshold: sparsity, as a fraction of the RMS of the target (see :func:`stlsq`).
       samples_per_instance: at most this many (synapse, window) samples from each instance.
       signals: the signals the terms may use.
-      seed: the subsampling seed.
-      window: steps summed in one sample (1: single steps).
+      seed: the subsampling seed (and the drift's choice of inputs).
+      window: steps summed in one sample (1: single steps) with ``target="window"``.
       select_instances: with ``n > 0``, the sparsity is chosen by what the equation does
         as a rule: the fit is repeated at ``threshold`` and each larger threshold of
         :data:`SPARSITY_PATH`, every distinct equation is run on ``n`` held-out instances
@@ -459,18 +482,22 @@ def distill_rule(
         scored and reported by ``evoplastic eval``), and the sparsest one whose mean task
         loss is within :data:`LOSS_TOLERANCE` of the rule's own wins (else the one with
         the lowest loss).
+      target: ``"auto"``, ``"drift"`` or ``"window"`` (above).
+      drift_inputs: the inputs each drift sample averages over.
 
     Returns:
       A :class:`Distilled` rule.
 
     Raises:
-      DistillError: if the rule changes no weight, diverges on too many instances, or no
-        term of the library fits its weight changes.
+      DistillError: if the rule changes no weight, diverges on too many instances, no term
+        of the library fits its weight changes, or ``target="drift"`` is not possible.
     """
     if fit_instances < 1 or heldout_instances < 1:
         raise DistillError("distill: needs at least one fit and one held-out instance")
     if window < 1:
         raise DistillError(f"distill: window must be >= 1, got {window}")
+    if target not in ("auto", "drift", "window"):
+        raise DistillError(f"distill: target must be auto, drift or window, got {target!r}")
     fit_traces, test_traces, used, n_diverged = _finite_traces(
         family, rule, genome, fit_instances, heldout_instances
     )
@@ -480,12 +507,31 @@ def distill_rule(
         raise DistillError(f"distill: {rule.name} never changes a weight (dw = 0): nothing to fit")
     library = term_library(_varying(raw, signals), degree)
     per_layer = n_layers > 1 and differs_by_layer(rule, genome, n_layers)
-    groups = list(range(n_layers)) if per_layer else [None]
-    fits = [_pooled(fit_traces, library, g, window, samples_per_instance, seed) for g in groups]
-    tests = [
-        _pooled(test_traces, library, g, window, samples_per_instance, seed + 10_000)
-        for g in groups
-    ]
+    why_not = drift_unsupported(family, genome, per_layer)
+    if target == "drift" and why_not:
+        raise DistillError(f"distill: cannot fit the drift: {why_not}; use --target window")
+    target = ("window" if why_not else "drift") if target == "auto" else target
+    n_fit, n_test = len(fit_traces), len(test_traces)
+    sizes = [int(np.prod(rec["w"].shape[1:])) for rec in fit_traces[0].layers]
+    if target == "drift":
+        keys = test_instance_keys(max(used) + 1)
+        groups = [None]
+
+        def samples(indices, offset):
+            return drift_samples(
+                family, rule, genome, keys[np.asarray(indices)], library,
+                inputs=drift_inputs, seed=seed + offset,
+            )  # fmt: skip
+
+        fits = [samples(used[:n_fit], 0)]
+        tests = [samples(used[n_fit : n_fit + n_test], 10_000)]
+    else:
+        groups = list(range(n_layers)) if per_layer else [None]
+        fits = [_pooled(fit_traces, library, g, window, samples_per_instance, seed) for g in groups]
+        tests = [
+            _pooled(test_traces, library, g, window, samples_per_instance, seed + 10_000)
+            for g in groups
+        ]
     if all(np.max(np.abs(y)) == 0.0 for _, y in fits):
         raise DistillError(
             f"distill: the network applied none of {rule.name}'s weight changes: nothing to fit"
@@ -516,20 +562,34 @@ def distill_rule(
         pred = np.concatenate([p[0][:, keep] @ c for p, c in zip(parts, cs, strict=True)])
         return r2_score(y, pred)
 
+    def layer_part(part, layer):
+        """The samples of one layer's weights (drift samples cycle through all weights)."""
+        x, y = part
+        start, size = sum(sizes[:layer]), sizes[layer]
+        x = x.reshape(-1, sum(sizes), x.shape[-1])[:, start : start + size]
+        return x.reshape(-1, x.shape[-1]), y.reshape(-1, sum(sizes))[
+            :, start : start + size
+        ].ravel()
+
     if per_layer:
         r2_layers = tuple(r2([t], [c]) for t, c in zip(tests, coefs, strict=True))
+    elif target == "drift":
+        r2_layers = tuple(r2([layer_part(tests[0], layer)]) for layer in range(n_layers))
     else:
         r2_layers = tuple(
             r2([_pooled(test_traces, library, layer, window, samples_per_instance, seed)])
             for layer in range(n_layers)
         )
+    r2_window = None
+    if target == "drift":  # the same equation against the windowed changes, for comparison
+        x, y = _pooled(test_traces, library, None, window, samples_per_instance, seed + 10_000)
+        r2_window = r2_score(y, x[:, keep] @ coefs[0])
 
     def importance(part, c):
         x, y = part[0][:, keep], part[1]
         return np.abs(c) * np.sqrt(np.mean(x**2, axis=0)) / np.sqrt(np.mean(y**2))
 
     weight = np.max([importance(t, c) for t, c in zip(tests, coefs, strict=True)], axis=0)
-    n_fit, n_test = len(fit_traces), len(test_traces)
     return Distilled(
         terms=terms,
         coefficients=coefs if per_layer else coefs[0],
@@ -553,6 +613,9 @@ def distill_rule(
         library=library,
         window=window,
         selection=selection,
+        target=target,
+        drift={"every": DRIFT_EVERY, "inputs": drift_inputs} if target == "drift" else {},
+        r2_window=r2_window,
     )
 
 
@@ -601,3 +664,149 @@ def heldout_losses(candidates: dict, instances: int) -> dict[str, float]:
         finite = loss[np.isfinite(loss)]
         out[name] = float(finite.mean()) if finite.size else float("nan")
     return out
+
+
+# --- the expected weight change at the states the network visits (the drift) -----------------
+
+
+def _state_weights(state):
+    """Every plastic weight of an inner-loop state, flattened into one vector."""
+    for name in ("w", "ws"):
+        if hasattr(state, name):
+            leaves = jax.tree.leaves(getattr(state, name))
+            return jax.numpy.concatenate([jax.numpy.ravel(x) for x in leaves])
+    raise DistillError(f"distill: a {type(state).__name__} holds no weights")
+
+
+def drift_unsupported(family, genome, per_layer: bool) -> str | None:
+    """Why the drift cannot be fitted on ``family`` (``None`` if it can): it needs the
+    stepwise inner loop (``steps``, ``init_inner``, ``inner_step``), a state with its
+    weights (``w`` or ``ws``), one equation for all layers, and no meta-learned initial
+    weights."""
+    if not all(hasattr(family, a) for a in ("init_inner", "inner_step", "steps")):
+        return f"{type(family).__name__} has no stepwise inner loop"
+    if isinstance(genome, dict) and "w0" in genome:
+        return "the run meta-learned its initial weights"
+    if per_layer:
+        return "the rule differs between layers"
+    return None
+
+
+def _float64_tasks(family, keys):
+    """The held-out instances of ``keys``, drawn as the evaluation draws them, in float64."""
+    return _as_float64(jax.vmap(lambda k: family.sample(k, "test"))(keys))
+
+
+def _init_state(family, task, rule):
+    try:
+        return family.init_inner(task, rule=rule)
+    except TypeError:
+        return family.init_inner(task)
+
+
+class _Float64:
+    """Float64 computation inside (the process-wide switch, as the recording uses)."""
+
+    def __enter__(self):
+        self.before = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", True)
+        self.scope = jax.enable_x64(True)
+        self.scope.__enter__()
+
+    def __exit__(self, *exc):
+        self.scope.__exit__(*exc)
+        jax.config.update("jax_enable_x64", self.before)
+
+
+@dataclasses.dataclass
+class DriftStates:
+    """The network's states every ``every`` steps of its inner loop on some held-out
+    instances (float64 pytrees, leading axes ``[n, states]``), the instances, and the
+    steps whose inputs each drift averages over."""
+
+    states: object
+    tasks: object
+    inputs: np.ndarray
+    every: int
+    rule: object = None  # the rule that made the states (its own state is kept for it)
+
+
+def visited_states(family, rule, genome, keys, every: int = DRIFT_EVERY,
+                   inputs: int = DRIFT_INPUTS, seed: int = 0) -> DriftStates:  # fmt: skip
+    """Run ``rule(genome)`` on the held-out instances of ``keys`` (float64) and keep its
+    state every ``every`` steps; draw the ``inputs`` steps (of the same instance) the
+    drift at each state is averaged over."""
+    steps = int(family.steps)
+    every = max(1, min(every, steps))
+
+    def one(genome, task):
+        def body(state, t):
+            return family.inner_step(rule, genome, task, state, t), state
+
+        _, states = jax.lax.scan(body, _init_state(family, task, rule), jax.numpy.arange(steps))
+        return jax.tree.map(lambda x: x[::every], states)
+
+    @jax.jit
+    def run(genome, keys):
+        tasks = _float64_tasks(family, keys)
+        return jax.vmap(one, (None, 0))(_as_float64(genome), tasks), tasks
+
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(steps, min(inputs, steps), replace=False))
+    with _Float64():
+        states, tasks = run(genome, jax.numpy.asarray(keys))
+    return DriftStates(states, tasks, chosen, every, rule)
+
+
+def drift(family, rule, genomes, visited: DriftStates, chunk: int = 50) -> np.ndarray:
+    """``[g, n, states, n_weights]``: for each of the genomes stacked along the leading axis
+    of ``genomes``, the weight change one step of ``rule`` makes at each visited state,
+    averaged over the inputs of ``visited.inputs``, the state (its step size included) held
+    fixed. This is the expected update, the drift that the weights follow on average
+    (stochastic approximation: Ljung 1977, Kushner & Yin 2003)."""
+    inputs = np.asarray(visited.inputs)
+    pad = (-len(inputs)) % chunk
+    blocks = np.concatenate([inputs, np.full(pad, inputs[0])]).reshape(-1, chunk)
+    valid = np.concatenate([np.ones(len(inputs)), np.zeros(pad)]).reshape(-1, chunk)
+
+    def at(genome, task, state, blocks, valid):
+        if rule is not visited.rule and hasattr(state, "rule_state"):
+            # another rule (a term of the library) starts from its own initial state
+            fresh = _init_state(family, task, rule)
+            state = dataclasses.replace(state, rule_state=fresh.rule_state)
+        w0 = _state_weights(state)
+
+        def one(s):
+            return _state_weights(family.inner_step(rule, genome, task, state, s)) - w0
+
+        def block(total, sv):
+            steps, ok = sv
+            return total + jax.numpy.einsum("s,sw->w", ok, jax.vmap(one)(steps)), None
+
+        total, _ = jax.lax.scan(block, jax.numpy.zeros_like(w0), (blocks, valid))
+        return total / len(inputs)
+
+    @jax.jit
+    def run(genomes, tasks, states, blocks, valid):
+        per_state = jax.vmap(at, (None, None, 0, None, None))
+        per_instance = jax.vmap(per_state, (None, 0, 0, None, None))
+        return jax.lax.map(lambda g: per_instance(g, tasks, states, blocks, valid), genomes)
+
+    with _Float64():
+        out = run(_as_float64(genomes), visited.tasks, visited.states, blocks,
+                  jax.numpy.asarray(valid, "float64"))  # fmt: skip
+        return np.asarray(out, np.float64)
+
+
+def drift_samples(family, rule, genome, keys, terms, every: int = DRIFT_EVERY,
+                  inputs: int = DRIFT_INPUTS, seed: int = 0):  # fmt: skip
+    """``(X [n, k], y [n])``: the drift (:func:`drift`) of ``rule(genome)`` at the states it
+    visits on the held-out instances of ``keys`` (one sample per instance, state and
+    weight), and the drift of each term ``k`` of ``terms`` (the polynomial rule with that
+    term alone, coefficient 1) at the same states, on the same inputs. For a polynomial
+    rule ``dw = sum_k c_k term_k`` of a network that adds its step size times ``dw``,
+    ``y = X @ c`` exactly."""
+    visited = visited_states(family, rule, genome, keys, every, inputs, seed)
+    y = drift(family, rule, jax.tree.map(lambda x: x[None], genome), visited)[0]
+    basis = drift(family, rules.polynomial(tuple(terms)), np.eye(len(terms)), visited)
+    return np.moveaxis(basis, 0, -1).reshape(-1, len(terms)), y.reshape(-1)

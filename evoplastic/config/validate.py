@@ -165,6 +165,51 @@ def _task(section) -> tuple[str, dict, Any]:
     return name, params, factory
 
 
+def _schedule(path: str, spec: dict):
+    kwargs = {k: v for k, v in spec.items() if k != "schedule"}
+    return getattr(optax, spec["schedule"])(**kwargs)
+
+
+def _check_schedule(where: str, spec: dict) -> None:
+    """A learning-rate schedule, ``{schedule: cosine_decay_schedule, init_value: 0.01,
+    decay_steps: 600}``: an optax ``*_schedule`` whose other keys are its numeric arguments
+    and which gives a finite, non-negative rate at step 0."""
+    name = spec.get("schedule")
+    factory = getattr(optax, name, None) if isinstance(name, str) else None
+    if (
+        not isinstance(name, str)
+        or not name.endswith("_schedule")
+        or not inspect.isfunction(factory)
+    ):
+        names = [n for n in dir(optax) if n.endswith("_schedule")]
+        hint = _suggest(name, names) if isinstance(name, str) else ""
+        raise ConfigError(
+            f"{where}.schedule: expected an optax schedule (cosine_decay_schedule, ...),"
+            f" got {name!r}{hint}"
+        )
+    params = inspect.signature(factory).parameters
+    for key, value in spec.items():
+        if key == "schedule":
+            continue
+        if key not in params:
+            raise ConfigError(
+                f"{where}.{_show(key)}: not an argument of optax.{name}{_suggest(str(key), params)}"
+            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"{where}.{_show(key)}: expected a finite number, got {value!r}")
+    try:
+        rate = float(_schedule(where, spec)(0))
+    except Exception as err:  # optax's own checks: one line naming the section
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{where}: optax.{name} rejects these arguments: {reason}") from None
+    if not math.isfinite(rate) or rate < 0:
+        raise ConfigError(f"{where}: the rate at step 0 must be finite and >= 0, got {rate}")
+
+
 def check_optimizer(path: str, spec) -> None:
     """An optax optimizer section, ``{name: adamw, learning_rate: 1e-3, ...}``, before use.
 
@@ -192,6 +237,9 @@ def check_optimizer(path: str, spec) -> None:
                 f"{where}: not an argument of optax.{name}{_suggest(str(key), params)}"
             )
         default = params[key].default
+        if key == "learning_rate" and isinstance(value, dict):
+            _check_schedule(where, value)
+            continue
         number = key in ("learning_rate",) or (
             isinstance(default, int | float) and not isinstance(default, bool)
         )
@@ -207,6 +255,8 @@ def check_optimizer(path: str, spec) -> None:
         elif not isinstance(value, int | float | str | bool | type(None)):
             raise ConfigError(f"{where}: expected a number, text or true/false, got {value!r}")
     kwargs = {k: v for k, v in spec.items() if k != "name"}
+    if isinstance(kwargs.get("learning_rate"), dict):
+        kwargs["learning_rate"] = _schedule(path, kwargs["learning_rate"])
     try:
         tx = factory(**kwargs)
         params0 = np.zeros(2, np.float32)

@@ -70,14 +70,31 @@ def _suggest(name: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def make_schedule(spec: dict[str, Any]) -> optax.Schedule:
+    """``{"schedule": "cosine_decay_schedule", "init_value": 0.01, "decay_steps": 600}``
+    -> ``optax.cosine_decay_schedule(init_value=0.01, decay_steps=600)``: a learning rate
+    that changes with the optimizer's step count."""
+    spec = dict(spec)
+    name = spec.pop("schedule", None)
+    factory = getattr(optax, str(name), None)
+    if not isinstance(name, str) or not name.endswith("_schedule") or not callable(factory):
+        raise StrategyError("optimizer.learning_rate.schedule", f"unknown optax schedule {name!r}")
+    return factory(**spec)
+
+
 def make_optimizer(spec: dict[str, Any]) -> optax.GradientTransformation:
-    """``{"name": "adam", "learning_rate": 0.05}`` -> ``optax.adam(learning_rate=0.05)``."""
+    """``{"name": "adam", "learning_rate": 0.05}`` -> ``optax.adam(learning_rate=0.05)``.
+
+    ``learning_rate`` may be a schedule, ``{"schedule": "cosine_decay_schedule",
+    "init_value": 0.01, "decay_steps": 600}`` (see :func:`make_schedule`)."""
     spec = dict(spec)
     name = spec.pop("name", None)
     factory = getattr(optax, str(name), None)
     if not isinstance(name, str) or not callable(factory):
         raise StrategyError("strategy.optimizer.name", f"unknown optax optimizer {name!r}")
     try:
+        if isinstance(spec.get("learning_rate"), dict):
+            spec["learning_rate"] = make_schedule(spec["learning_rate"])
         return factory(**spec)
     except TypeError as err:
         raise StrategyError("strategy.optimizer", str(err)) from None

@@ -32,6 +32,7 @@ def mlp(
     features: tuple[str, ...] = ("pre", "post", "w", "err"),
     hidden: tuple[int, ...] = (16,),
     out_scale: float = 0.1,
+    odd_in: tuple[str, ...] = (),
 ) -> Rule:
     """A rule whose ``dw`` is a small MLP of the synapse's local signals.
 
@@ -39,6 +40,12 @@ def mlp(
       features: which local signals the MLP reads (from ``pre, post, w, err, mod``).
       hidden: the MLP's hidden widths.
       out_scale: multiplies the MLP's output (keeps initial rules gentle).
+      odd_in: signals under whose joint sign flip ``dw`` flips sign:
+        ``dw = (f(x) - f(x'))/2`` with ``x'`` the features with these signals negated. With
+        ``[post, w]`` a rule treats ``w`` and ``-w`` alike (its weights' path from ``-w0``
+        is the mirror image of the path from ``w0``), as a task whose solutions come in
+        sign pairs (a principal component) suggests; terms such as a constant, ``pre^2`` or
+        ``w^2`` are then impossible.
     """
     features = tuple(features)
     for f in features:
@@ -46,6 +53,11 @@ def mlp(
             raise ValueError(
                 f"rule.features: unknown signal {f!r} (signals: {', '.join(SIGNAL_NAMES)})"
             )
+    odd_in = tuple(odd_in)
+    for f in odd_in:
+        if f not in features:
+            raise ValueError(f"rule.odd_in: {f!r} is not one of the features {list(features)}")
+    flip = jnp.array([-1.0 if f in odd_in else 1.0 for f in features])
     net = _SynapseMLP(hidden=tuple(hidden))
 
     def init(key: jax.Array) -> Genome:
@@ -55,10 +67,14 @@ def mlp(
         local = signals.broadcast()
         shape = signals.w.shape
         x = jnp.stack([jnp.broadcast_to(local[f], shape) for f in features], axis=-1)
-        return out_scale * net.apply({"params": genome}, x)
+        if not odd_in:
+            return out_scale * net.apply({"params": genome}, x)
+        both = net.apply({"params": genome}, jnp.stack([x, x * flip.astype(x.dtype)]))
+        return out_scale * 0.5 * (both[0] - both[1])
 
     def describe(genome: Genome) -> str:
         n = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(genome))
-        return f"MLP rule dw = f({', '.join(features)}), hidden {list(hidden)}, {n} parameters"
+        odd = f", odd in {', '.join(odd_in)}" if odd_in else ""
+        return f"MLP rule dw = f({', '.join(features)}), hidden {list(hidden)}, {n} parameters{odd}"
 
     return Rule("mlp", init, update, describe)
