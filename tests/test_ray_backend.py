@@ -19,7 +19,7 @@ from evoplastic.backends.sharded import Pieces
 from evoplastic.experiment import config_pieces
 from evoplastic.trainer import read_metrics, train
 
-from .conftest import run_cli, small_config, start_local_ray
+from .conftest import cli_here, run_cli, small_config, start_local_ray
 
 # Ray tests run in their own pytest process, after the parallel ones (see the Makefile)
 pytestmark = pytest.mark.ray
@@ -138,8 +138,6 @@ def test_losing_every_worker_stops_with_a_checkpoint_and_resumes_locally(ray_ins
 
 
 def test_cli_cluster_errors_are_one_line(write_config, tmp_path):
-    from .conftest import run_cli
-
     cfg = write_config(small_config())
     out = run_cli("run", cfg, "--address", "127.0.0.1:9", "--out", tmp_path / "r", timeout=120)
     assert out.returncode == 2, out.stderr
@@ -185,9 +183,10 @@ def test_actor_resources_one_actor_per_gpu_and_gpu_errors():
         actor_resources(gpus, 6, 1.0)
 
 
-def test_cli_asking_for_gpus_on_a_cpu_cluster_is_one_line(write_config, tmp_path):
+def test_cli_asking_for_gpus_on_a_cpu_cluster_is_one_line(ray_instance, write_config, tmp_path):
+    """(In this process, on its CPU-only Ray instance.)"""
     cfg = small_config(backend="ray", ray={"gpus_per_worker": 1.0})
-    proc = run_cli("run", write_config(cfg), "--out", tmp_path / "r", timeout=180)
+    proc = cli_here("run", write_config(cfg), "--out", tmp_path / "r")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and "GPU(s) per worker were asked for" in lines[-1]
