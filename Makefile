@@ -30,11 +30,21 @@ $(TEST_STAMP): $(STAMP)
 run: install
 	$(BIN)/evoplastic run experiments/oja.yaml
 
-# two pytest-xdist workers for everything but Ray; the Ray tests (which start and stop
-# Ray instances of their own) then run in one process, alone on the machine
+# two pytest-xdist workers for everything but Ray and, beside them, one process for the Ray
+# tests (they start and stop Ray instances of their own, and much of their time is spent
+# waiting for those); the Ray tests' report follows the others'. Both share one compilation
+# cache, removed after.
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not ray"
-	$(BIN)/python -m pytest -q -m "ray and not slow"
+	@cache=$$(mktemp -d); ray_dir=$$(mktemp -d); \
+	EVOPLASTIC_TEST_CACHE_DIR=$$cache $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  --basetemp=$$ray_dir/tmp -m "ray and not slow" > $$ray_dir/report 2>&1 & ray_pid=$$!; \
+	echo "$(BIN)/python -m pytest -q -n 2 --dist worksteal -m \"not slow and not ray\""; \
+	EVOPLASTIC_TEST_CACHE_DIR=$$cache $(BIN)/python -m pytest -q -n 2 --dist worksteal \
+	  -m "not slow and not ray"; rc=$$?; \
+	wait $$ray_pid; ray_rc=$$?; \
+	echo "$(BIN)/python -m pytest -q -m \"ray and not slow\" (run beside the above)"; \
+	cat $$ray_dir/report; rm -rf $$cache $$ray_dir; \
+	test $$rc -eq 0 && test $$ray_rc -eq 0
 
 # the fast tier, on every change: unit tests only (no whole runs, no Ray), under 2 minutes
 test-fast: $(TEST_STAMP)
