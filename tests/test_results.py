@@ -193,18 +193,20 @@ def test_stateful_rule_beats_the_stateless_mlp_rule_of_its_size_on_digits():
 
 # (run, arms): the evolved agent's cumulative regret <= UCB1's on the same 100 held-out
 # bandits (the target), re-evaluated from the committed genome
-BANDITS = [("bandit2", 2), ("bandit5", 5)]
+BANDITS = [("bandit2", 2), ("bandit5", 5), ("bandit_misc", 2)]
 
 
 @pytest.mark.parametrize("name,arms", BANDITS)
 def test_bandit_agent_regret_is_at_most_ucb1s(name, arms):
-    """Target: on 100 held-out independent bandits (100 pulls) the evolved modulated plastic
-    agent's mean cumulative regret is at most UCB1's; both figures and Thompson's are the
-    committed ones."""
+    """Target: on 100 held-out bandits (100 pulls; independent, or gymnax's
+    BernoulliBandit-misc for bandit_misc) the evolved modulated plastic agent's mean
+    cumulative regret is at most UCB1's; both figures and Thompson's are the committed
+    ones."""
     from evoplastic.analysis import bandit_baselines
 
     exp, genome, committed = _load(name)
     assert exp.family.arms == arms and exp.family.pulls == 100
+    assert exp.family.env == ("BernoulliBandit-misc" if name == "bandit_misc" else "independent")
     raw = backends.evaluate_genome(exp.family, exp.rule, genome, 100)
     got = summarize(raw["regret"])
     want = committed["trained"]
