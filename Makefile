@@ -32,11 +32,12 @@ run: install
 
 # two pytest-xdist workers for everything but Ray and, beside them, one process for the Ray
 # tests (they start and stop Ray instances of their own, and much of their time is spent
-# waiting for those); the Ray tests' report follows the others'. Both share one compilation
-# cache, removed after.
+# waiting for those; their Ray workers run at the same priority as the tests, not Ray's
+# default niceness of 15); the Ray tests' report follows the others'. Both share one
+# compilation cache, removed after.
 test: $(TEST_STAMP)
 	@cache=$$(mktemp -d); ray_dir=$$(mktemp -d); \
-	EVOPLASTIC_TEST_CACHE_DIR=$$cache $(BIN)/python -m pytest -q -p no:cacheprovider \
+	EVOPLASTIC_TEST_CACHE_DIR=$$cache RAY_worker_niceness=0 $(BIN)/python -m pytest -q -p no:cacheprovider \
 	  --basetemp=$$ray_dir/tmp -m "ray and not slow" > $$ray_dir/report 2>&1 & ray_pid=$$!; \
 	echo "$(BIN)/python -m pytest -q -n 2 --dist worksteal -m \"not slow and not ray\""; \
 	EVOPLASTIC_TEST_CACHE_DIR=$$cache $(BIN)/python -m pytest -q -n 2 --dist worksteal \
