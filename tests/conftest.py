@@ -182,6 +182,20 @@ INTEGRATION_TESTS = {
     "test_bandit.py::test_evolution_lowers_the_regret_of_the_modulated_agent",
     "test_peers.py::test_peers_bench_times_every_side_and_prints_ratios",
     "test_peers.py::test_bench_large_reports_growth_against_the_smallest_genome",
+    "test_peers.py::test_expert_loop_computes_the_toolkits_fitness",
+    "test_mnist1d.py::test_committed_neural_rule_seeds_reproduce_and_count_as_docs_say",
+    "test_mnist1d.py::test_committed_transfer_to_mnist1d_reproduces",
+    "test_mnist1d.py::test_layer_local_learns",
+    "test_mnist1d.py::test_layer_local_has_no_gradient_between_layers",
+    "test_horizons.py::test_a_drawn_horizon_learns_exactly_the_short_task",
+    "test_horizons.py::test_committed_horizons_rule_keeps_learning_at_twice_the_horizon",
+    "test_patterns.py::test_lstm_baseline_trains_and_scores_on_the_tasks_loss",
+    "test_distill.py::test_sparsity_is_chosen_by_the_equations_task_loss",
+    "test_distill.py::test_distill_and_eval_commands",
+    "test_distill.py::test_distilling_a_polynomial_rule_recovers_its_coefficients",
+    "test_eval_sweep.py::test_sweep_evaluates_every_value_and_draws_the_figure",
+    "test_supervised.py::test_learned_initial_weights_are_used_by_rule_and_backprop",
+    "test_bandit.py::test_ucb1_and_thompson_beat_uniform_pulls_and_their_regret_grows_sublinearly",
 }
 
 
