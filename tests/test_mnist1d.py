@@ -138,6 +138,17 @@ def test_a_per_layer_rule_is_carried_to_a_deeper_network():
     assert evaluation.carry_genome(mlp, mlp.genome_template, build(cfg)) is mlp.genome_template
 
 
+def _carried(run, items, instances):
+    """The committed rule of ``run``, unchanged, on its task with ``items`` changed: raw metrics
+    of the first ``instances`` held-out instances."""
+    source = build(load(run / "config.yaml"))
+    flat = json.loads((run / "best_rule.json").read_text())["genome_flat"]
+    cfg, _ = evaluation.config_with_task(run, items)
+    exp = build(cfg)
+    genome = evaluation.carry_genome(source, source.unflatten_genome(flat), exp)
+    return tasks.evaluate_genome(exp.family, exp.rule, genome, instances)
+
+
 @pytest.mark.parametrize("name", ["digits", "digits_horizons"])
 def test_committed_transfer_to_mnist1d_reproduces(name):
     """A committed digits rule on MNIST-1D (hidden [64, 64], inputs x 0.02): the first
@@ -148,13 +159,7 @@ def test_committed_transfer_to_mnist1d_reproduces(name):
     assert committed["task_overrides"] == {
         "task.name": "mnist1d", "network.hidden": "[64,64]", "task.input_scale": "0.02"
     }  # fmt: skip
-    run = RESULTS / name
-    source = build(load(run / "config.yaml"))
-    flat = json.loads((run / "best_rule.json").read_text())["genome_flat"]
-    cfg, _ = evaluation.config_with_task(run, items)
-    exp = build(cfg)
-    genome = evaluation.carry_genome(source, source.unflatten_genome(flat), exp)
-    raw = tasks.evaluate_genome(exp.family, exp.rule, genome, 8)
+    raw = _carried(RESULTS / name, items, 8)
     got = np.asarray(raw["accuracy"])
     np.testing.assert_allclose(got, committed["first_instances"]["accuracy"], atol=0.011)
     assert np.isfinite(np.asarray(raw["loss"])).all()
@@ -201,17 +206,13 @@ def test_committed_neural_rule_seeds_reproduce_and_count_as_docs_say():
     committed = json.loads((RESULTS / "digits_stateful" / "seeds.json").read_text())
     items = ["task=mnist1d", "network.hidden=[64,64]", "input_scale=0.02"]
     for name in ("stateful", "mlp"):
-        run = RESULTS / f"digits_{name}"
-        source = build(load(run / "config.yaml"))
-        flat = json.loads((run / "best_rule.json").read_text())["genome_flat"]
-        cfg, _ = evaluation.config_with_task(run, items)
-        exp = build(cfg)
-        genome = evaluation.carry_genome(source, source.unflatten_genome(flat), exp)
-        raw = tasks.evaluate_genome(exp.family, exp.rule, genome, 4)
+        raw = _carried(RESULTS / f"digits_{name}", items, 4)
         want = committed["mnist1d_first_instances"]["accuracy"][f"digits_{name}"]
         np.testing.assert_allclose(np.asarray(raw["accuracy"]), want, atol=0.011)
         assert np.isfinite(np.asarray(raw["loss"])).all()
-        own = json.loads((run / "eval.json").read_text())["trained"]["evolved"]
+        own = json.loads((RESULTS / f"digits_{name}" / "eval.json").read_text())["trained"][
+            "evolved"
+        ]
         assert committed["seeds"][name]["seed 0"]["digits"] == own
     seeds = committed["seeds"]
 
