@@ -42,6 +42,9 @@ class ResumeError(RuntimeError):
     """A run directory that cannot be resumed as it stands."""
 
 
+SKIP_STOP = 20  # a run stops after this many skipped meta-gradient steps in a row
+
+
 class SearchDiverged(RuntimeError):
     """The search's mean genome became non-finite (an ES told only non-finite losses)."""
 
@@ -231,6 +234,7 @@ def train(
         end = start
     reporter.start(cfg.generations, start)
     logger = open_loggers(cfg.logging, run_dir, params=_plain_config(cfg), name=cfg.name)
+    skip_run = 0  # consecutive skipped meta-gradient steps
     try:
         for g in range(start, end):
             t0 = time.perf_counter()
@@ -246,6 +250,17 @@ def train(
                     " rule.init_scale) or network.lr"
                 )
             elapsed = time.perf_counter() - t0
+            if "skipped" in m:  # a meta-gradient step is skipped when it is not finite
+                skip_run = skip_run + 1 if int(m["nonfinite"]) else 0
+                if skip_run >= SKIP_STOP:
+                    save(done, state)
+                    raise SearchDiverged(
+                        f"generation {g}: {SKIP_STOP} meta-gradient steps in a row were not"
+                        " finite and were skipped (the rule makes the inner loop diverge on"
+                        " the meta-training instances, so the genome cannot move); start"
+                        " from gentler rules: lower strategy.std_init, rule.init_scale or"
+                        " network.lr, or clip the weights"
+                    )
             record = {"generation": g, **{k: _scalar(v) for k, v in m.items()}}
             std = getattr(new_state, "std", None)
             if std is not None:
@@ -285,6 +300,12 @@ def train(
         raise
     logger.close()
     reporter.close()
+    skipped = records[-1].get("skipped") if records else None
+    if skipped:
+        reporter.warn(
+            f"{skipped} of {done} meta-gradient steps were skipped (loss or gradient not"
+            " finite; `skipped` in metrics.jsonl)"
+        )
     return TrainResult(run_dir, exp.mean_genome(state), records, done, budget_stop)
 
 

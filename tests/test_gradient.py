@@ -12,7 +12,7 @@ import pytest
 import evoplastic as ep
 from evoplastic import meta
 
-from .conftest import run_cli, small_config
+from .conftest import cli_here, run_cli, small_config
 from .test_resume import _metrics, _start_and_stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,3 +220,49 @@ def test_sharded_meta_gradient_equals_the_whole_batch():
     np.testing.assert_allclose(mb["grad_norm"], ma["grad_norm"], rtol=1e-4)
     np.testing.assert_allclose(b.genome, a.genome, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(b.inner.w, a.inner.w, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_step_adds_the_rule_prior_once():
+    """With ``rule.l2`` the meta-gradient step's loss is the instances' mean loss plus the
+    prior, and plain SGD moves the first layer by ``-lr * 2 * l2 * W_in`` more than without
+    it (every other parameter exactly as without)."""
+    sgd = {"optimizer": {"name": "sgd", "learning_rate": 1e-2}, "clip_norm": 0.0}
+    rule = {"name": "mlp", "features": ["pre", "post", "w"], "hidden": [4]}
+    steps = {}
+    for l2 in (0.0, 0.3):
+        cfg = small_config(meta={"optimizer": "gradient", "gradient": sgd})
+        cfg["rule"] = dict(rule, l2=l2)
+        exp = ep.build(ep.config.parse(cfg))
+        state = exp.init_state(jax.random.PRNGKey(0))
+        steps[l2] = (state,) + exp.generation_step()(state, jax.random.PRNGKey(0), 0)
+    (s0, new0, m0), (s1, new1, m1) = steps[0.0], steps[0.3]
+    w_in = s0.genome["Dense_0"]["kernel"]
+    np.testing.assert_array_equal(w_in, s1.genome["Dense_0"]["kernel"])
+    np.testing.assert_allclose(m1["best_loss"], m0["best_loss"] + 0.3 * jnp.sum(w_in**2), rtol=1e-5)
+    np.testing.assert_allclose(
+        new1.genome["Dense_0"]["kernel"] - new0.genome["Dense_0"]["kernel"],
+        -1e-2 * 2 * 0.3 * w_in,
+        rtol=1e-4, atol=1e-7,
+    )  # fmt: skip
+    for path in (("Dense_0", "bias"), ("Dense_1", "kernel"), ("Dense_1", "bias")):
+        a, b = new0.genome[path[0]][path[1]], new1.genome[path[0]][path[1]]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_whose_meta_gradient_steps_are_all_skipped_stops_with_one_line(tmp_path):
+    """A start whose inner loop diverges on every meta-training instance makes every step
+    non-finite: the run stops after 20 skipped steps in a row with one line (exit 2),
+    instead of finishing with its random rule."""
+    from evoplastic import trainer
+
+    cfg = small_config(generations=300, meta=GRADIENT, test={"every": 0, "final_instances": 4})
+    cfg["rule"] = {"name": "polynomial", "terms": ["pre*post"], "init": {"pre*post": 1e4}}
+    cfg["strategy"] = {"name": "cma_es", "population_size": 8, "std_init": 1e-6}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(ep.config.dump(ep.config.parse(cfg)))
+    out = cli_here("run", path, "--out", tmp_path / "bad", "--quiet")
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "generation 19: 20 meta-gradient steps in a row" in err[0]
+    assert not (tmp_path / "bad" / "eval.json").exists()
+    assert len(trainer.read_metrics(tmp_path / "bad")) == 19

@@ -284,3 +284,33 @@ def test_bcm_neuron_becomes_selective():
     assert winners == {0, 1}  # not a bias towards one input: the initial weights decide
     with pytest.raises(ValueError, match="keeps a state"):
         net.step(net.init_from(w0), xs[0], rule, None)  # started without the rule's state
+
+
+def test_mlp_rule_l2_adds_its_prior_to_the_meta_training_loss_only():
+    """``rule.l2``: the meta-training fitness is the task loss plus ``l2 * sum(W_in**2)``
+    (the first layer's weights, exactly), on the same instances; held-out evaluation and
+    the rule's updates are unchanged; a negative ``l2`` is an error naming the field."""
+    import evoplastic as ep
+    from evoplastic.tasks.evaluation import make_genome_evaluator, task_fitness
+
+    from .conftest import small_config
+
+    def build(**rule):
+        cfg = small_config()
+        cfg["rule"] = {"name": "mlp", "features": ["pre", "post", "w"], "hidden": [4], **rule}
+        return ep.build(ep.config.parse(cfg))
+
+    plain, prior = build(), build(l2=0.5)
+    genome = plain.rule.init(jax.random.PRNGKey(1))
+    key = jax.random.PRNGKey(7)
+    loss = task_fitness(plain.family, plain.rule, 4)(genome, key)
+    with_prior = task_fitness(prior.family, prior.rule, 4)(genome, key)
+    w_in = genome["Dense_0"]["kernel"]
+    assert float(jnp.sum(w_in**2)) > 0.1
+    np.testing.assert_allclose(with_prior, loss + 0.5 * jnp.sum(w_in**2), rtol=1e-6)
+    keys = jax.random.split(key, 3)
+    held_a = make_genome_evaluator(plain.family, plain.rule)(genome, keys)[0]
+    held_b = make_genome_evaluator(prior.family, prior.rule)(genome, keys)[0]
+    np.testing.assert_array_equal(held_a, held_b)
+    with pytest.raises(ep.config.ConfigError, match="rule.l2: must be >= 0"):
+        build(l2=-1.0)

@@ -173,6 +173,10 @@ class GradientMeta(EpisodicLoop, OuterLoop):
         n = self.instances
         loss = fold_sum(results["loss"]) / n
         grad = jax.tree.map(lambda g: g / n, fold_sum(results["grad"]))
+        if self.rule.penalty is not None:  # the rule's prior, once per step
+            penalty, penalty_grad = jax.value_and_grad(self.rule.penalty)(state.genome)
+            loss = loss + penalty
+            grad = jax.tree.map(jnp.add, grad, penalty_grad)
         task_metrics = join_shards(results["metrics"], n)
         inner = join_shards(results["inner"], n)
         grad_norm = optax.tree.norm(grad)

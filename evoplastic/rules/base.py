@@ -101,6 +101,9 @@ class Rule:
       parts: for genomes that also hold parts of the network (learned feedback weights,
         a synthetic-error predictor, a modulatory neuron; see :func:`with_parts`), those
         parts by name; ``None`` otherwise.
+      penalty: ``penalty(genome) -> scalar`` added to the meta-training loss (a prior on
+        the rule, e.g. the MLP rule's ``l2``); ``None``: none. Held-out evaluation never
+        includes it.
     """
 
     name: str
@@ -114,6 +117,7 @@ class Rule:
     next_state: Callable[[Genome, Signals], Any] = lambda genome, signals: signals.state
     parts: Callable[[Genome], dict] | None = None
     plastic: bool = True
+    penalty: Callable[[Genome], jax.Array] | None = None
 
     def apply(self, genome: Genome, signals: Signals) -> tuple[jax.Array, Any]:
         """``(dw, next state)`` of one layer: what a network calls at every step."""
@@ -150,6 +154,7 @@ def with_learned_init(rule: Rule, shapes: tuple[tuple[int, int], ...], scale: fl
         weights=lambda g: tuple(g["w0"]),
         terms=(),
         parts=None if rule.parts is None else (lambda g: rule.parts(g["rule"])),
+        penalty=None if rule.penalty is None else (lambda g: rule.penalty(g["rule"])),
     )
 
 
@@ -180,4 +185,5 @@ def with_parts(rule: Rule, parts: dict[str, Callable[[jax.Array], Genome]]) -> R
         weights=None if rule.weights is None else (lambda g: rule.weights(g["rule"])),
         terms=(),
         parts=lambda g: {name: g[name] for name in names},
+        penalty=None if rule.penalty is None else (lambda g: rule.penalty(g["rule"])),
     )

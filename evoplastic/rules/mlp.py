@@ -33,6 +33,7 @@ def mlp(
     hidden: tuple[int, ...] = (16,),
     out_scale: float = 0.1,
     odd_in: tuple[str, ...] = (),
+    l2: float = 0.0,
 ) -> Rule:
     """A rule whose ``dw`` is a small MLP of the synapse's local signals.
 
@@ -46,6 +47,11 @@ def mlp(
         is the mirror image of the path from ``w0``), as a task whose solutions come in
         sign pairs (a principal component) suggests; terms such as a constant, ``pre^2`` or
         ``w^2`` are then impossible.
+      l2: adds ``l2 * sum(W_in**2)`` (``W_in``: the first layer's weights, which scale the
+        signals into the tanh units) to the meta-training loss. A prior for smooth rules:
+        with small input weights the units stay near their linear range over the signals'
+        range, so ``dw`` is close to a low-degree polynomial of the signals and distills
+        into a short equation (``evoplastic distill``). 0: none.
     """
     features = tuple(features)
     for f in features:
@@ -57,6 +63,8 @@ def mlp(
     for f in odd_in:
         if f not in features:
             raise ValueError(f"rule.odd_in: {f!r} is not one of the features {list(features)}")
+    if not l2 >= 0:
+        raise ValueError(f"rule.l2: must be >= 0, got {l2}")
     flip = jnp.array([-1.0 if f in odd_in else 1.0 for f in features])
     net = _SynapseMLP(hidden=tuple(hidden))
 
@@ -77,4 +85,7 @@ def mlp(
         odd = f", odd in {', '.join(odd_in)}" if odd_in else ""
         return f"MLP rule dw = f({', '.join(features)}), hidden {list(hidden)}, {n} parameters{odd}"
 
-    return Rule("mlp", init, update, describe)
+    def penalty(genome: Genome) -> jax.Array:
+        return l2 * jnp.sum(genome["Dense_0"]["kernel"] ** 2)
+
+    return Rule("mlp", init, update, describe, penalty=penalty if l2 > 0 else None)

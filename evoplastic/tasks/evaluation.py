@@ -23,7 +23,8 @@ FitnessFn = Callable[[Any, jax.Array], jax.Array]
 
 
 def task_fitness(family, rule, instances: int) -> FitnessFn:
-    """``fitness(genome, key) -> mean loss`` over ``instances`` meta-train instances."""
+    """``fitness(genome, key) -> mean loss`` over ``instances`` meta-train instances
+    (plus the rule's ``penalty``, if it has one)."""
 
     def fitness(genome, key):
         def one(j):
@@ -31,7 +32,8 @@ def task_fitness(family, rule, instances: int) -> FitnessFn:
             loss, _ = family.inner_loop(rule, genome, family.sample(k, "train"), k)
             return loss
 
-        return jnp.mean(jax.vmap(one)(jnp.arange(instances)))
+        loss = jnp.mean(jax.vmap(one)(jnp.arange(instances)))
+        return loss if rule.penalty is None else loss + rule.penalty(genome)
 
     return fitness
 
