@@ -45,6 +45,9 @@ def _baseline_family(exp, overrides: dict):
     if net["feedback"] in ("learned", "synthetic"):
         net["feedback"] = "random"
     net["modulation"] = "none"
+    if isinstance(net.get("plastic"), dict):  # an eligibility trace needs the modulator
+        drop = ("eligibility", "eta")
+        net["plastic"] = {k: v for k, v in net["plastic"].items() if k not in drop}
     params = {k: v for k, v in exp.config.task.items() if k != "name"} | dict(overrides)
     return tasks.make(exp.config.task["name"], network=net, **params)
 

@@ -25,7 +25,17 @@ Options (``network`` in a config): ``hidden`` (its first width is ``n``), ``acti
 * ``alpha``: ``"synapse"`` (one coefficient a synapse) or ``"shared"`` (one number);
 * ``enabled``: ``false`` drops the plastic part (no ``alpha``, the trace is never used):
   the same network with evolved fixed weights, whose only memory is its activity
-  (meta-RL by memory alone, Wang et al. 2016).
+  (meta-RL by memory alone, Wang et al. 2016);
+* ``eligibility``: ``true`` gives every synapse an eligibility trace ``E`` and makes the
+  modulation retroactive (Backpropamine's "retroactive neuromodulation"): the rule's
+  change, computed with the modulator at 1 (for ``mod*pre*post``: ``pre * post``), goes
+  into ``E_t = (1 - eta) * E_{t-1} + eta * rule(pre, post, w, mod=1)``, and the modulator
+  releases the trace, ``hebb_t = clip(hebb_{t-1} + lr * m_t * E_t)``. A reward can then
+  strengthen the connections that were active several steps before it. Each synapse's
+  ``E`` depends on its own signals only. Needs ``modulation: network``. With ``eta = 1``
+  and the rule ``mod*pre*post`` it is the update above;
+* ``eta``: the trace's step, a number in ``(0, 1]`` or ``evolved`` (the default: one
+  evolved number, ``eta = sigmoid(eta_logit)``, starting at 0.5).
 """
 
 from __future__ import annotations
@@ -46,12 +56,14 @@ MODULATION = ("none", "network")
 
 @struct.dataclass
 class ModulatedRecurrentState:
-    """Activities ``h[n]``, Hebbian traces ``hebb[n, n_in + n]``, step counter, rule state."""
+    """Activities ``h[n]``, Hebbian traces ``hebb[n, n_in + n]``, step counter, rule state
+    and (``eligibility``) the eligibility traces ``elig[n, n_in + n]`` (else ``()``)."""
 
     h: jax.Array
     hebb: jax.Array
     t: jax.Array
     rule_state: Any = ()
+    elig: Any = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +79,8 @@ class ModulatedRecurrentNetwork:
       modulation: ``network`` (an evolved modulatory neuron) or ``none``.
       alpha: ``synapse`` or ``shared`` plasticity coefficients.
       plastic: ``False``: no plastic part (the non-plastic recurrent baseline).
+      eligibility: retroactive modulation through a per-synapse eligibility trace.
+      eta: that trace's step in ``(0, 1]``, or ``"evolved"``.
     """
 
     n_in: int
@@ -78,6 +92,8 @@ class ModulatedRecurrentNetwork:
     modulation: str = "network"
     alpha: str = "synapse"
     plastic: bool = True
+    eligibility: bool = False
+    eta: float | str = "evolved"
 
     def __post_init__(self):
         if self.hidden < 1:
@@ -94,13 +110,26 @@ class ModulatedRecurrentNetwork:
             raise ValueError(f"network.activation: unknown activation {self.activation!r}")
         if self.w_clip < 0:
             raise ValueError(f"network.w_clip: must be >= 0, got {self.w_clip}")
+        if self.eligibility:
+            if not self.plastic or self.modulation != "network":
+                raise ValueError(
+                    "network.plastic.eligibility: needs a plastic network with modulation: network"
+                )
+            if self.eta != "evolved" and (
+                isinstance(self.eta, bool)
+                or not isinstance(self.eta, (int, float))
+                or not 0 < self.eta <= 1
+            ):
+                raise ValueError(
+                    f"network.plastic.eta: a number in (0, 1] or 'evolved', got {self.eta!r}"
+                )
 
     @classmethod
     def from_options(cls, options: dict | None, n_in: int, n_out: int):
         """The network from the config's ``network`` options (see the module docstring)."""
         opts = dict(options or {})
         plastic = dict(opts.get("plastic") or {})
-        own = {"alpha", "enabled"}
+        own = {"alpha", "enabled", "eligibility", "eta"}
         unknown = sorted(set(plastic) - own)
         if unknown:
             raise ValueError(
@@ -109,6 +138,11 @@ class ModulatedRecurrentNetwork:
         enabled = plastic.pop("enabled", True)
         if not isinstance(enabled, bool):
             raise ValueError(f"network.plastic.enabled: must be true or false, got {enabled!r}")
+        eligibility = plastic.get("eligibility", False)
+        if not isinstance(eligibility, bool):
+            raise ValueError(
+                f"network.plastic.eligibility: must be true or false, got {eligibility!r}"
+            )
         hidden = opts.get("hidden", (cls.hidden,))
         hidden = hidden[0] if isinstance(hidden, (tuple, list)) and hidden else hidden
         shared = {k: opts[k] for k in ("activation", "lr", "w_clip", "modulation") if k in opts}
@@ -146,6 +180,8 @@ class ModulatedRecurrentNetwork:
         if self.modulation == "network":
             parts["w_mod"] = normal((n + self.n_in,), n + self.n_in)
             parts["b_mod"] = lambda key: jnp.zeros(())
+        if self.eligibility and self.eta == "evolved":
+            parts["eta_logit"] = lambda key: jnp.zeros(())
         return parts
 
     def num_weights(self) -> int:
@@ -162,6 +198,7 @@ class ModulatedRecurrentNetwork:
             hebb=jnp.zeros(shape),
             t=jnp.zeros((), jnp.int32),
             rule_state=() if rule is None else rule.init_state(shape),
+            elig=jnp.zeros(shape) if self.eligibility else (),
         )
 
     def _parts(self, rule: Rule, genome: Genome) -> dict:
@@ -173,6 +210,7 @@ class ModulatedRecurrentNetwork:
             "w_out": jnp.zeros((self.n_out, n)),
             "b_out": jnp.zeros(self.n_out),
             "alpha": jnp.ones(()) if self.plastic else jnp.zeros(()),
+            "eta_logit": jnp.zeros(()),
         }
         return zeros | dict(parts)
 
@@ -196,10 +234,21 @@ class ModulatedRecurrentNetwork:
         if not self.plastic:
             new = state.replace(h=h, t=state.t + 1)
             return new, logits, jnp.zeros(()) if mod is None else mod
-        sig = Signals(pre=z, post=h, w=state.hebb, mod=mod, state=state.rule_state)
-        dw, rule_state = rule.apply(rule.select(genome, 0), sig)
-        hebb = state.hebb + self.lr * dw
+        if self.eligibility:
+            one = jnp.ones((), state.hebb.dtype)
+            sig = Signals(pre=z, post=h, w=state.hebb, mod=one, state=state.rule_state)
+            dw, rule_state = rule.apply(rule.select(genome, 0), sig)
+            eta = jax.nn.sigmoid(p["eta_logit"]) if self.eta == "evolved" else self.eta
+            elig = (1.0 - eta) * state.elig + eta * dw
+            hebb = state.hebb + self.lr * mod * elig
+        else:
+            sig = Signals(pre=z, post=h, w=state.hebb, mod=mod, state=state.rule_state)
+            dw, rule_state = rule.apply(rule.select(genome, 0), sig)
+            hebb = state.hebb + self.lr * dw
+            elig = state.elig
         if self.w_clip > 0:
             hebb = jnp.clip(hebb, -self.w_clip, self.w_clip)
-        new = ModulatedRecurrentState(h=h, hebb=hebb, t=state.t + 1, rule_state=rule_state)
+        new = ModulatedRecurrentState(
+            h=h, hebb=hebb, t=state.t + 1, rule_state=rule_state, elig=elig
+        )
         return new, logits, jnp.zeros(()) if mod is None else mod
