@@ -64,7 +64,8 @@ class Experiment:
 
     def fitness(self):
         """``fitness(genome, key)``: the mean meta-train loss a generation evaluates."""
-        return _fitness(self.family, self.rule, self.config.evaluation.instances)
+        ev = self.config.evaluation
+        return _fitness(self.family, self.rule, ev.instances, ev.loss_clip)
 
     def generation_step(self) -> GenerationStep:
         """``step(state, run_key, generation) -> (state, metrics)``: one generation, compiled."""
@@ -112,11 +113,13 @@ class Experiment:
         return dataclasses.replace(self, outer=outer, portable=False)
 
 
-def _fitness(family, rule, instances: int):
+def _fitness(family, rule, instances: int, loss_clip: float | None = None):
     own = getattr(family, "train_fitness", None)  # user tasks (tasks.custom)
     if own is not None:
+        if loss_clip is not None:
+            raise ConfigError("evaluation.loss_clip: not available for a user's fitness task")
         return own(rule, instances)
-    return task_fitness(family, rule, instances)
+    return task_fitness(family, rule, instances, loss_clip)
 
 
 NEEDS_LAYERS = ("abcd", "static")  # rules whose genome follows the network's layers
@@ -221,6 +224,13 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> OuterLoop:
             f"rule.name: {cfg.rule['name']!r} is a fixed rule with nothing to evolve"
             " (use 'polynomial'; fixed rules are baselines in `evoplastic eval`)"
         )
+    if cfg.evaluation.loss_clip is not None and (
+        cfg.meta.optimizer == "gradient" or cfg.meta.truncation
+    ):
+        raise ConfigError(
+            "evaluation.loss_clip: only for ES over whole episodes"
+            " (not meta.optimizer: gradient or meta.truncation)"
+        )
     if cfg.meta.optimizer == "gradient" or cfg.meta.truncation:
         missing = [m for m in ("init_inner", "inner_step", "score") if not hasattr(family, m)]
         if missing:
@@ -256,7 +266,7 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> OuterLoop:
         return EvolutionStrategy(
             strategy,
             es_params,
-            _fitness(family, rule, ev.instances),
+            _fitness(family, rule, ev.instances, ev.loss_clip),
             init_genome=rule.init,
             common_instances=ev.common_instances,
             shard_size=ev.shard_size,

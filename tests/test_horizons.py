@@ -132,6 +132,31 @@ def test_committed_horizons_rule_keeps_learning_at_twice_the_horizon(twice):
     assert float(np.mean(got["accuracy"])) >= float(np.mean(one["accuracy"][:TWICE])) - TOL
 
 
+SINUSOID = RUN.parent / "sinusoid_horizons"
+SWEEP = [{"support_size": 20}, {"support_size": 40}, {"epochs": 10}, {"epochs": 20}]
+
+
+def test_committed_sinusoid_horizons_rule_keeps_learning_at_2x_and_4x():
+    """The committed sinusoid_horizons rule reproduces its 1x figure (100 held-out
+    instances), below the committed tuned SGD's beyond the interval, and at 2x and 4x the
+    support set and the passes, on the same 100 instance keys: no diverged instance (none
+    non-finite, none above 25, worse than predicting zero can be) and a mean MSE no higher
+    than at 1x."""
+    exp = build(load(SINUSOID / "config.yaml"))
+    flat = json.loads((SINUSOID / "best_rule.json").read_text())["genome_flat"]
+    genome = exp.unflatten_genome(flat)
+    committed = json.loads((SINUSOID / "eval.json").read_text())["trained"]
+    one = np.asarray(evaluate_genome(exp.family, exp.rule, genome, 100)["mse"])
+    assert float(np.mean(one)) == pytest.approx(committed["evolved"]["mse"]["mean"], rel=1e-3)
+    half = 1.96 * one.std(ddof=1) / np.sqrt(one.size)
+    assert float(np.mean(one)) + half < committed["sgd"]["mse"]["mean"]
+    for longer in SWEEP:
+        fam = exp.family_variant(support_size_max=0, epochs_max=0, **longer)
+        got = np.asarray(evaluate_genome(fam, exp.rule, genome, 100)["mse"])
+        assert np.all(got <= 25.0), longer  # False for nan and inf too
+        assert float(np.mean(got)) <= float(np.mean(one)), longer
+
+
 def test_mnist1d_draws_horizons_from_its_training_pool_only():
     fam = tasks.make(
         "mnist1d", network=NET, ways=3, shots=2, shots_max=4, epochs=1, epochs_max=2,

@@ -61,12 +61,18 @@ class EvaluationConfig:
     experiment is built: ``float32`` (default: the same numbers on CPU and GPU),
     ``tensorfloat32`` or ``bfloat16`` (faster on GPUs, fewer mantissa bits), ``default``
     (the device's default: TF32 on recent NVIDIA GPUs).
+
+    ``loss_clip``: cap each meta-training instance's loss at this value before the mean (a
+    non-finite loss counts as the cap), so that a few instances that blow up cost a bounded
+    amount instead of ranking the member last; none (default): the plain mean. ES over
+    whole episodes only; held-out figures are never clipped.
     """
 
     instances: int = 8
     common_instances: bool = True
     shard_size: int | None = None
     matmul_precision: str = "float32"
+    loss_clip: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,6 +83,11 @@ def parse(data: Any) -> Config:
     _positive("evaluation.instances", cfg.evaluation.instances)
     if cfg.evaluation.shard_size is not None:
         _positive("evaluation.shard_size", cfg.evaluation.shard_size)
+    if cfg.evaluation.loss_clip is not None and not 0 < cfg.evaluation.loss_clip < math.inf:
+        raise ConfigError(
+            "evaluation.loss_clip: must be a finite number > 0 (or none),"
+            f" got {cfg.evaluation.loss_clip!r}"
+        )
     if cfg.evaluation.matmul_precision not in MATMUL_PRECISIONS:
         value = cfg.evaluation.matmul_precision
         raise ConfigError(

@@ -105,6 +105,8 @@ def experiment_dump(cfg: Config) -> str:
         del data["evaluation"]["shard_size"]
     if data["evaluation"]["matmul_precision"] == "float32":  # likewise
         del data["evaluation"]["matmul_precision"]
+    if data["evaluation"]["loss_clip"] is None:  # likewise
+        del data["evaluation"]["loss_clip"]
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -22,14 +22,20 @@ from .base import test_instance_keys
 FitnessFn = Callable[[Any, jax.Array], jax.Array]
 
 
-def task_fitness(family, rule, instances: int) -> FitnessFn:
-    """``fitness(genome, key) -> mean loss`` over ``instances`` meta-train instances
-    (plus the rule's ``penalty``, if it has one)."""
+def task_fitness(family, rule, instances: int, loss_clip: float | None = None) -> FitnessFn:
+    """``fitness(genome, key) -> mean loss`` over ``instances`` meta-train instances (plus
+    the rule's ``penalty``, if it has one).
+
+    With ``loss_clip``, each instance's loss is capped at it first (a non-finite loss
+    counts as the cap): a robust mean over heavy-tailed losses.
+    """
 
     def fitness(genome, key):
         def one(j):
             k = jax.random.fold_in(key, j)
             loss, _ = family.inner_loop(rule, genome, family.sample(k, "train"), k)
+            if loss_clip is not None:
+                loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, loss_clip), loss_clip)
             return loss
 
         loss = jnp.mean(jax.vmap(one)(jnp.arange(instances)))

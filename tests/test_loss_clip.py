@@ -1,0 +1,87 @@
+"""``evaluation.loss_clip``: each meta-training instance's loss is capped (a non-finite one
+counts as the cap) before the mean, so a few instances that blow up cost a bounded amount.
+Without it the fitness is the plain mean, computed as before, and the digest of an existing
+config does not change."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evoplastic import build, config
+from evoplastic.config import ConfigError, config_digest
+from evoplastic.config.yaml_io import experiment_dump
+
+SIN = {"name": "sinusoid", "support_size": 10, "query_size": 20, "epochs": 5, "bias": True,
+       "input_scale": 1.0}  # fmt: skip
+NET = {"hidden": [16], "activation": "tanh", "output_activation": "linear", "feedback": "random",
+       "lr": 1.0, "w_init_std": 1.0}  # fmt: skip
+RULE = {"name": "polynomial", "per_layer": True, "terms": ["err*pre", "w"]}
+
+
+def _exp(**evaluation):
+    data = {"task": SIN, "network": NET, "rule": RULE,
+            "evaluation": {"instances": 16, **evaluation}}  # fmt: skip
+    return build(config.parse(data))
+
+
+def _per_instance(exp, genome, key, instances):
+    """Each meta-training instance's loss, as the fitness draws them."""
+    fam, rule = exp.family, exp.rule
+
+    def one(j):
+        k = jax.random.fold_in(key, j)
+        return fam.inner_loop(rule, genome, fam.sample(k, "train"), k)[0]
+
+    return np.asarray(jax.vmap(one)(jnp.arange(instances)))
+
+
+def _genome(exp, hidden, out):
+    """``dw = c * err*pre`` with ``c`` = ``hidden`` in layer 0 and ``out`` in layer 1."""
+    return exp.unflatten_genome([hidden, 0.0, out, 0.0])
+
+
+def test_clipped_fitness_caps_each_instance_and_counts_a_blow_up_as_the_cap():
+    plain, clipped = _exp(), _exp(loss_clip=25.0)
+    key = jax.random.PRNGKey(5)
+    # a delta rule with too large a step in the output layer: some instances learn, some
+    # blow up (a few to inf)
+    wild = _genome(plain, 0.03, 0.35)
+    losses = _per_instance(plain, wild, key, 16)
+    finite = losses[np.isfinite(losses)]
+    assert (~np.isfinite(losses)).any() and (finite > 25).any() and (finite < 25).any()
+    assert not np.isfinite(plain.fitness()(wild, key))  # one blow-up: the plain mean is lost
+    expected = np.where(np.isfinite(losses), np.minimum(losses, 25.0), 25.0).mean()
+    got = float(clipped.fitness()(wild, key))
+    assert np.isclose(got, expected, rtol=1e-6) and got <= 25.0
+    # a gentle rule: nothing reaches the cap, and the clipped fitness is the plain one
+    gentle = _genome(plain, 0.03, 0.03)
+    losses = _per_instance(plain, gentle, key, 16)
+    assert np.isfinite(losses).all() and losses.max() < 25.0
+    assert float(clipped.fitness()(gentle, key)) == float(plain.fitness()(gentle, key))
+    # a cap below some instances' losses changes the fitness, and ranks by it
+    low = _exp(loss_clip=float(np.median(losses)))
+    assert float(low.fitness()(gentle, key)) < float(plain.fitness()(gentle, key))
+
+
+def test_default_is_the_plain_mean_and_leaves_the_digest_alone():
+    exp = _exp()
+    key = jax.random.PRNGKey(1)
+    genome = _genome(exp, 0.03, 0.05)
+    losses = _per_instance(exp, genome, key, 16)
+    assert float(exp.fitness()(genome, key)) == float(jnp.mean(jnp.asarray(losses)))
+    assert "loss_clip" not in experiment_dump(exp.config)
+    assert config_digest(exp.config) != config_digest(_exp(loss_clip=25.0).config)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), "big"])
+def test_bad_loss_clip_names_the_field(value):
+    with pytest.raises(ConfigError, match=r"^evaluation.loss_clip: "):
+        _exp(loss_clip=value)
+
+
+def test_loss_clip_is_for_es_over_whole_episodes():
+    data = {"task": {"name": "pca"}, "evaluation": {"loss_clip": 1.0},
+            "meta": {"optimizer": "gradient"}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^evaluation.loss_clip: only for ES over whole"):
+        build(config.parse(data))
