@@ -647,9 +647,14 @@ def _distilled(run_dir: Path, cfg, genome):
     " (drift), or the weight change over --window steps along its path (window); auto:"
     " drift where the task allows it.",
 )
+@click.option(
+    "--terms",
+    help="Fit only these comma-separated terms (a form to test, e.g. 'pre*post,post^2*w')"
+    " instead of every product up to --degree.",
+)
 def distill(
     run_dir, degree, threshold, fit_instances, heldout_instances, eval_instances, window,
-    select_instances, target,
+    select_instances, target, terms,
 ):  # fmt: skip
     """Fit a run's rule with a sparse polynomial of local signals; write distilled.json.
 
@@ -677,6 +682,7 @@ def distill(
             window=window,
             select_instances=select_instances,
             target=target,
+            terms=None if terms is None else tuple(t.strip() for t in terms.split(",")),
         )
         dexp, dgenome = dist.distilled_experiment(cfg, d, genome)
     except (dist.DistillError, ConfigError) as err:

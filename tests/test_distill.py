@@ -250,3 +250,29 @@ def test_drift_needs_the_stepwise_inner_loop(pca):
         distill.distill_rule(Opaque(), rule, jnp.array([1.0, -1.0]), 1, 1, target="drift")
     d = distill.distill_rule(Opaque(), rule, jnp.array([1.0, -1.0]), 1, 1)  # auto: window
     assert d.target == "window" and set(d.terms) == set(OJA)
+
+
+def test_distill_fits_a_given_form_with_terms(tmp_path, capsys, pca):
+    """``terms`` fits only the form asked for: the polynomial rule's own terms are
+    recovered exactly; a form that leaves one out fits less well (its R² says by how
+    much); a malformed term or an unrecorded signal is one line, nothing written."""
+    coefs = np.array([0.7, -1.3, 0.2])
+    rule = rules.polynomial(("pre*post", "post^2*w", "w"))
+    both = distill.distill_rule(
+        pca, rule, jnp.asarray(coefs), 2, 2, terms=("w*post^2", "pre*post", "w")
+    )
+    assert both.library == ("post^2*w", "pre*post", "w") and both.r2 > 0.9999
+    assert coefficient(both, "post^2*w") == pytest.approx(-1.3, rel=1e-4)
+    short = distill.distill_rule(pca, rule, jnp.asarray(coefs), 2, 2, terms=("pre*post", "w"))
+    assert short.library == ("pre*post", "w") and short.r2 < 0.99
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, small_config(), jnp.array([1.0, -1.0, 0.0, 0.0]))
+    args = ["--fit-instances", "2", "--heldout-instances", "2", "--eval-instances", "0"]
+    for terms, message in (("pre*post,post^x", "--terms: term"), ("pre*post,err*pre", "'err'")):
+        assert call(["distill", str(run_dir), *args, "--terms", terms]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: distill: --terms") and err.count("\n") == 1, err
+        assert message in err
+        assert not (run_dir / "distilled.json").exists()
+    assert call(["distill", str(run_dir), *args, "--terms", "pre*post, post^2*w"]) == 0
+    assert "distilled: dw = pre*post - post^2*w" in capsys.readouterr().out

@@ -356,6 +356,28 @@ def _pooled(traces, terms, layer, window, max_samples, seed):
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def _given_terms(terms, varying) -> tuple[str, ...]:
+    """The canonical spelling of the terms asked for; each must use signals that vary in
+    the recorded inner loops (``varying``)."""
+    out = []
+    for term in terms:
+        try:
+            text = rules.canonical(term)
+        except rules.TermError as err:
+            raise DistillError(f"distill: --terms: {err}") from None
+        missing = [f for f, _ in rules.parse_term(term) if f not in varying]
+        if missing:
+            raise DistillError(
+                f"distill: --terms: {term!r} uses {missing[0]!r}, which does not vary in this"
+                f" task's inner loop (signals that do: {', '.join(varying)})"
+            )
+        if text not in out:
+            out.append(text)
+    if not out:
+        raise DistillError("distill: --terms: no term given")
+    return tuple(out)
+
+
 def _raw(traces, max_samples, seed):
     parts = [
         synapse_samples(t, max_samples=max_samples, seed=seed + i) for i, t in enumerate(traces)
@@ -446,6 +468,7 @@ def distill_rule(
     select_instances: int = 0,
     target: str = "auto",
     drift_inputs: int = DRIFT_INPUTS,
+    terms: tuple[str, ...] | None = None,
 ) -> Distilled:
     """Fit ``rule(genome)``'s weight changes with a sparse polynomial of local signals.
 
@@ -484,6 +507,8 @@ def distill_rule(
         the lowest loss).
       target: ``"auto"``, ``"drift"`` or ``"window"`` (above).
       drift_inputs: the inputs each drift sample averages over.
+      terms: fit these terms (an equation's form to test, e.g. ``("pre*post",
+        "post^2*w")``) instead of every product up to ``degree``; sparsity still applies.
 
     Returns:
       A :class:`Distilled` rule.
@@ -506,6 +531,8 @@ def distill_rule(
     if np.max(np.abs(raw["dw"])) == 0.0:
         raise DistillError(f"distill: {rule.name} never changes a weight (dw = 0): nothing to fit")
     library = term_library(_varying(raw, signals), degree)
+    if terms is not None:
+        library = _given_terms(terms, _varying(raw, SIGNAL_NAMES))
     per_layer = n_layers > 1 and differs_by_layer(rule, genome, n_layers)
     why_not = drift_unsupported(family, genome, per_layer)
     if target == "drift" and why_not:
