@@ -733,20 +733,31 @@ def distill(
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the table here.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Draw a bar chart here (PNG).")
-def report(run_dirs, out, plot):
+@click.option(
+    "--bar",
+    help="Check each run's evolved rule against a bar on its held-out mean, e.g."
+    " 'return>=475' or 'loss<0.01', and count the runs (seeds) that meet it.",
+)
+@click.option(
+    "--variant", default="trained", show_default=True, help="The task variant --bar checks."
+)
+def report(run_dirs, out, plot, bar, variant):
     """A markdown table of finished runs (or sweep directories): one row per run, named by its
     directory, and one per group of seeds (mean and t-interval across seeds)."""
     from .analysis import markdown_table, report_rows, seed_rows
-    from .analysis.report import ReportError, load_runs
+    from .analysis.report import ReportError, bar_lines, load_runs
 
     try:
         runs = load_runs(run_dirs, warn=lambda m: click.echo(f"warning: {m}", err=True))
+        rows = report_rows(runs)
+        checked = bar_lines(rows, bar, variant) if bar else []
     except ReportError as err:
         _fail(str(err))
-    rows = report_rows(runs)
     rows += seed_rows(rows)
     table = markdown_table(rows)
     click.echo(table, nl=False)
+    for line in checked:
+        click.echo(line)
     if out:
         from .checkpoint import atomic_write
 

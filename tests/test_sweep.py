@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from evoplastic import sweep
 from evoplastic.config import ConfigError
@@ -133,3 +134,37 @@ def test_sweep_on_ray_tasks_gives_the_local_runs(tmp_path, write_config):
         rows = [[json.loads(x) for x in m.splitlines()] for m in metrics]
         keep = ("generation", "best_loss", "mean_loss", "median_loss")
         assert [[r[k] for k in keep] for r in rows[0]] == [[r[k] for k in keep] for r in rows[1]]
+
+
+def test_report_bar_counts_the_runs_that_meet_it(tmp_path):
+    """``report --bar``: each run's evolved held-out mean against the bar, and how many of
+    the runs meet it; a malformed bar or a metric no run reports is one line (exit 2)."""
+    means = {"s0": 480.0, "s1": 470.0, "s2": 500.0}
+    for name, mean in means.items():
+        d = tmp_path / name
+        d.mkdir()
+        cfg = {"name": "cp", "seed": int(name[1]), "task": {"name": "control", "env": "E"},
+               "rule": {"name": "abcd"}, "strategy": {"name": "open_es"}}  # fmt: skip
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        stats = {"mean": mean, "ci95": 3.0, "median": mean, "n": 100}
+        ev = {v: {"evolved": {"return": stats, "loss": dict(stats, mean=-mean)},
+                  "random": {"return": dict(stats, mean=9.0)}}
+              for v in ("trained", "inverted")}  # fmt: skip
+        (d / "eval.json").write_text(json.dumps(ev))
+    dirs = [tmp_path / n for n in means]
+    out = cli_here("report", *dirs, "--bar", "return>=475")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert (
+        "s1: return 470 ± 3 misses the bar" in lines and "s0: return 480 ± 3 meets the bar" in lines
+    )
+    assert lines[-1].startswith("2 of 3 runs meet return >= 475 (variant trained")
+    out = cli_here("report", *dirs, "--bar", "loss < -490", "--variant", "inverted")
+    assert out.stdout.splitlines()[-1].startswith("1 of 3 runs meet loss < -490 (variant inverted")
+    for bar, message in (
+        ("return=475", "is not METRIC OP NUMBER"),
+        ("mse<3", "no run reports 'mse'"),
+    ):
+        out = cli_here("report", *dirs, "--bar", bar)
+        assert out.returncode == 2 and out.stdout == "", out.stdout
+        assert out.stderr.count("\n") == 1 and message in out.stderr

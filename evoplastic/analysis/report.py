@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import jax
@@ -341,6 +342,56 @@ def markdown_table(rows: list[dict]) -> str:
             f" | {_fmt(r.get('iqm'))}{iqm_ci} | {_fmt(r['loss'])} | {r['n']} | {r['diverged']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+BAR_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+           "<": lambda a, b: a < b}  # fmt: skip
+
+
+def parse_bar(text: str) -> tuple[str, str, float]:
+    """``"return>=475"`` -> ``("return", ">=", 475.0)``; :class:`ReportError` if malformed."""
+    m = re.fullmatch(
+        r"\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*", text
+    )
+    if m is None:
+        raise ReportError(
+            f"--bar: {text!r} is not METRIC OP NUMBER (for example 'return>=475' or 'mse<3.65')"
+        )
+    return m.group(1), m.group(2), float(m.group(3))
+
+
+def bar_lines(rows: list[dict], bar: str, variant: str = "trained") -> list[str]:
+    """Each run's evolved rule against a bar on its held-out mean, and how many meet it.
+
+    ``rows`` are :func:`report_rows`; ``bar`` is ``METRIC OP NUMBER``. Raises
+    :class:`ReportError` (one line) if no run has that metric on ``variant``.
+    """
+    metric, op, value = parse_bar(bar)
+    chosen = [
+        r for r in rows
+        if r["evolved"] and not r.get("aggregate") and r["variant"] == variant
+    ]  # fmt: skip
+    found = [r for r in chosen if r["metric"] == metric or (metric == "loss")]
+    if not found:
+        have = sorted({r["metric"] for r in chosen} | {"loss"}) if chosen else []
+        variants = sorted({r["variant"] for r in rows})
+        raise ReportError(
+            f"--bar: no run reports {metric!r} on variant {variant!r}"
+            + (f" (metrics: {', '.join(have)})" if have else f" (variants: {', '.join(variants)})")
+        )
+    lines, met = [], 0
+    for r in found:
+        x = r["loss"] if metric == "loss" else r["mean"]
+        ok = x is not None and BAR_OPS[op](x, value)
+        met += ok
+        shown = "not finite" if x is None else f"{x:.4g}"
+        ci = "" if metric == "loss" or r.get("ci95") is None else f" ± {r['ci95']:.2g}"
+        lines.append(f"{r['run']}: {metric} {shown}{ci} {'meets' if ok else 'misses'} the bar")
+    lines.append(
+        f"{met} of {len(found)} runs meet {metric} {op} {value:g} (variant {variant},"
+        " held-out mean of the evolved rule)"
+    )
+    return lines
 
 
 SWEEP_INDEX = "sweep.json"  # written by `evoplastic run --seeds/--sweep` (evoplastic.sweep)
