@@ -136,3 +136,18 @@ def test_bad_eligibility_options_are_refused(plastic, extra, match):
     cfg = {"task": {"name": "metamaze"}, "network": net, "rule": {"name": "polynomial"}}
     with pytest.raises((ConfigError, ValueError), match=match):
         build(parse(cfg))
+
+
+def test_fixed_rule_baselines_drop_the_trace_with_the_modulator():
+    """The fixed-rule rows of a run with eligibility traces are played by the same network
+    without modulator and so without traces (a fixed rule has no genome to hold them)."""
+    from pathlib import Path
+
+    from evoplastic.analysis.report import _baseline_family
+    from evoplastic.config import load
+
+    exp = build(load(Path(__file__).resolve().parents[1] / "experiments" / "metamaze_elig.yaml"))
+    assert exp.family.network.eligibility and exp.family.network.eta == "evolved"
+    net = _baseline_family(exp, {}).network
+    assert net.modulation == "none" and not net.eligibility
+    assert net.hidden == exp.family.network.hidden and net.plastic
