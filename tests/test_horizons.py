@@ -157,6 +157,29 @@ def test_committed_sinusoid_horizons_rule_keeps_learning_at_2x_and_4x():
         assert float(np.mean(got)) <= float(np.mean(one)), longer
 
 
+SEMI = RUN.parent / "digits_semisupervised_horizons"
+
+
+@pytest.mark.parametrize("longer", [{"shots": 20}, {"epochs": 12}])
+def test_committed_semisupervised_horizons_rule_keeps_learning_at_4x(longer):
+    """The committed semi-supervised (40% of labels) horizons rule reproduces its 1x figure,
+    is above the committed tuned SGD beyond both intervals, and at 4x the shots or the
+    passes, on the first 32 of the held-out instances, diverges nowhere and is not below its
+    1x accuracy on them minus TOL."""
+    exp = build(load(SEMI / "config.yaml"))
+    genome = exp.unflatten_genome(json.loads((SEMI / "best_rule.json").read_text())["genome_flat"])
+    committed = json.loads((SEMI / "eval.json").read_text())["trained"]
+    one = evaluate_genome(exp.family, exp.rule, genome, 100)
+    acc = committed["evolved"]["accuracy"]
+    assert float(np.mean(one["accuracy"])) == pytest.approx(acc["mean"], rel=1e-3)
+    sgd = committed["sgd"]["accuracy"]
+    assert acc["mean"] - acc["ci95"] > sgd["mean"] + sgd["ci95"]
+    fam = exp.family_variant(shots_max=0, epochs_max=0, **longer)
+    got = evaluate_genome(fam, exp.rule, genome, TWICE)
+    assert np.all(np.isfinite(got["loss"]))
+    assert float(np.mean(got["accuracy"])) >= float(np.mean(one["accuracy"][:TWICE])) - TOL
+
+
 def test_mnist1d_draws_horizons_from_its_training_pool_only():
     fam = tasks.make(
         "mnist1d", network=NET, ways=3, shots=2, shots_max=4, epochs=1, epochs_max=2,
