@@ -194,6 +194,8 @@ INTEGRATION_TESTS = {
     "test_patterns.py::test_lstm_baseline_trains_and_scores_on_the_tasks_loss",
     "test_distill.py::test_sparsity_is_chosen_by_the_equations_task_loss",
     "test_distill.py::test_distill_and_eval_commands",
+    "test_distill.py::test_distill_fits_a_given_form_with_terms",
+    "test_gradient.py::test_gradient_step_adds_the_rule_prior_once",
     "test_distill.py::test_distilling_a_polynomial_rule_recovers_its_coefficients",
     "test_eval_sweep.py::test_sweep_evaluates_every_value_and_draws_the_figure",
     "test_supervised.py::test_learned_initial_weights_are_used_by_rule_and_backprop",
