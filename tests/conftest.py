@@ -222,6 +222,9 @@ LONGEST_FILES = [
     "test_feedback.py",
     "test_bench.py",
     "test_sweep.py",
+    "test_horizons.py",
+    "test_mnist1d.py",
+    "test_peers.py",
 ]
 
 
