@@ -35,12 +35,8 @@ run: install
 # waiting for those; their Ray workers run at the same priority as the tests, not Ray's
 # default niceness of 15); the Ray tests' report follows the others'. Both share one
 # compilation cache, removed after.
-# one compute thread per test process: the two pytest-xdist workers and the Ray tests share
-# the cores, and XLA's own thread pools would only add switching between them
-TEST_XLA := XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
 test: $(TEST_STAMP)
-	@cache=$$(mktemp -d); ray_dir=$$(mktemp -d); export $(TEST_XLA); \
+	@cache=$$(mktemp -d); ray_dir=$$(mktemp -d); \
 	EVOPLASTIC_TEST_CACHE_DIR=$$cache RAY_worker_niceness=0 $(BIN)/python -m pytest -q -p no:cacheprovider \
 	  --basetemp=$$ray_dir/tmp -m "ray and not slow" > $$ray_dir/report 2>&1 & ray_pid=$$!; \
 	echo "$(BIN)/python -m pytest -q -n 2 --dist worksteal -m \"not slow and not ray\""; \
@@ -53,11 +49,11 @@ test: $(TEST_STAMP)
 
 # the fast tier, on every change: unit tests only (no whole runs, no Ray), under 2 minutes
 test-fast: $(TEST_STAMP)
-	$(TEST_XLA) $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not ray and not integration"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not ray and not integration"
 
 test-slow: $(TEST_STAMP)
-	$(TEST_XLA) $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "slow and not ray"
-	$(TEST_XLA) $(BIN)/python -m pytest -q -m "slow and ray"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "slow and not ray"
+	$(BIN)/python -m pytest -q -m "slow and ray"
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
