@@ -193,6 +193,7 @@ def test_gradient_resume_after_sigkill_is_exact(tmp_path):
     assert got["genome"] == json.loads((ref_dir / "best_rule.json").read_text())["genome"]
 
 
+@pytest.mark.slow  # a whole backprop run; the outer loop keeps its step tests in the default run
 def test_backprop_rediscovers_oja(tmp_path):
     """The target: experiments/oja_backprop.yaml meets the Oja criteria of tests/test_oja.py."""
     from .test_oja import _check

@@ -57,7 +57,10 @@ def test_instances_draw_different_horizons_within_bounds_and_test_keeps_fixed():
     np.testing.assert_array_equal(test.xs, fixed.xs)
 
 
-@pytest.mark.parametrize("name", ["digits", "sinusoid"])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param("digits", marks=pytest.mark.slow), "sinusoid"],  # the same masking code
+)
 def test_a_drawn_horizon_learns_exactly_the_short_task(name):
     """The masked stream (max shots, max passes, steps beyond the draw switched off) gives
     the query loss of the same instance cut to its drawn support and passes."""

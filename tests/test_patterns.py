@@ -218,6 +218,7 @@ def test_lstm_parameter_count_matches_flax():
     assert rb.lstm_params(12, rb.matching_hidden(12, 12, 500) - 1, 12) < 500
 
 
+@pytest.mark.slow  # 40 LSTM steps twice; the baseline keeps a 3-step test in the default run
 def test_lstm_baseline_trains_on_the_same_budget():
     exp = build(_config(generations=40, evaluation={"instances": 8}))
     out = rb.lstm_baseline(exp, lrs=(1e-2,), instances=16)
