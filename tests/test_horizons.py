@@ -118,22 +118,34 @@ TWICE = 32  # held-out instances re-evaluated at 2x (the first 32 of the committ
 TOL = 0.02  # accuracy a 2x horizon may lose against 1x on those instances (sampling noise)
 
 
+def _committed(run):
+    """A committed run's experiment, genome and held-out figures (``eval.json`` trained)."""
+    exp = build(load(run / "config.yaml"))
+    genome = exp.unflatten_genome(json.loads((run / "best_rule.json").read_text())["genome_flat"])
+    return exp, genome, json.loads((run / "eval.json").read_text())["trained"]
+
+
+def _keeps_accuracy(exp, genome, one, longer_horizons):
+    """At each longer horizon, on the first TWICE held-out instances: none diverged and the
+    accuracy not below the 1x accuracy ``one`` on them minus TOL."""
+    for longer in longer_horizons:
+        fam = exp.family_variant(shots_max=0, epochs_max=0, **longer)
+        got = evaluate_genome(fam, exp.rule, genome, TWICE)
+        assert np.all(np.isfinite(got["loss"])), longer
+        accuracy = float(np.mean(got["accuracy"]))
+        assert accuracy >= float(np.mean(one["accuracy"][:TWICE])) - TOL, longer
+
+
 def test_committed_horizons_rule_keeps_learning_at_twice_the_horizon():
     """The committed digits_horizons rule reproduces its 1x figure (100 held-out instances)
     and, on the first 32 of those instances (the same classes and, for shots, the same first
     5 examples per class), given twice the shots or the passes: no diverged instance and
     accuracy not below its 1x accuracy on them minus TOL."""
-    exp = build(load(RUN / "config.yaml"))
-    genome = exp.unflatten_genome(json.loads((RUN / "best_rule.json").read_text())["genome_flat"])
-    committed = json.loads((RUN / "eval.json").read_text())["trained"]["evolved"]["accuracy"]
+    exp, genome, committed = _committed(RUN)
     one = evaluate_genome(exp.family, exp.rule, genome, 100)
-    assert float(np.mean(one["accuracy"])) == pytest.approx(committed["mean"], rel=1e-3)
-    for twice in ({"shots": 10}, {"epochs": 6}):
-        fam = exp.family_variant(shots_max=0, epochs_max=0, **twice)
-        got = evaluate_genome(fam, exp.rule, genome, TWICE)
-        assert np.all(np.isfinite(got["loss"])), twice
-        accuracy = float(np.mean(got["accuracy"]))
-        assert accuracy >= float(np.mean(one["accuracy"][:TWICE])) - TOL, twice
+    acc = committed["evolved"]["accuracy"]
+    assert float(np.mean(one["accuracy"])) == pytest.approx(acc["mean"], rel=1e-3)
+    _keeps_accuracy(exp, genome, one, ({"shots": 10}, {"epochs": 6}))
 
 
 SINUSOID = RUN.parent / "sinusoid_horizons"
@@ -146,10 +158,7 @@ def test_committed_sinusoid_horizons_rule_keeps_learning_at_2x_and_4x():
     support set and the passes, on the same 100 instance keys: no diverged instance (none
     non-finite, none above 25, worse than predicting zero can be) and a mean MSE no higher
     than at 1x."""
-    exp = build(load(SINUSOID / "config.yaml"))
-    flat = json.loads((SINUSOID / "best_rule.json").read_text())["genome_flat"]
-    genome = exp.unflatten_genome(flat)
-    committed = json.loads((SINUSOID / "eval.json").read_text())["trained"]
+    exp, genome, committed = _committed(SINUSOID)
     one = np.asarray(evaluate_genome(exp.family, exp.rule, genome, 100)["mse"])
     assert float(np.mean(one)) == pytest.approx(committed["evolved"]["mse"]["mean"], rel=1e-3)
     half = 1.96 * one.std(ddof=1) / np.sqrt(one.size)
@@ -169,20 +178,13 @@ def test_committed_semisupervised_horizons_rule_keeps_learning_at_4x():
     is above the committed tuned SGD beyond both intervals, and at 4x the shots and at 4x
     the passes, on the first 32 of the held-out instances, diverges nowhere and is not below
     its 1x accuracy on them minus TOL."""
-    exp = build(load(SEMI / "config.yaml"))
-    genome = exp.unflatten_genome(json.loads((SEMI / "best_rule.json").read_text())["genome_flat"])
-    committed = json.loads((SEMI / "eval.json").read_text())["trained"]
+    exp, genome, committed = _committed(SEMI)
     one = evaluate_genome(exp.family, exp.rule, genome, 100)
     acc = committed["evolved"]["accuracy"]
     assert float(np.mean(one["accuracy"])) == pytest.approx(acc["mean"], rel=1e-3)
     sgd = committed["sgd"]["accuracy"]
     assert acc["mean"] - acc["ci95"] > sgd["mean"] + sgd["ci95"]
-    for longer in ({"shots": 20}, {"epochs": 12}):
-        fam = exp.family_variant(shots_max=0, epochs_max=0, **longer)
-        got = evaluate_genome(fam, exp.rule, genome, TWICE)
-        assert np.all(np.isfinite(got["loss"])), longer
-        accuracy = float(np.mean(got["accuracy"]))
-        assert accuracy >= float(np.mean(one["accuracy"][:TWICE])) - TOL, longer
+    _keeps_accuracy(exp, genome, one, ({"shots": 20}, {"epochs": 12}))
 
 
 def test_mnist1d_draws_horizons_from_its_training_pool_only():
