@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from pathlib import Path
 
@@ -344,8 +345,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-BAR_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
-           "<": lambda a, b: a < b}  # fmt: skip
+BAR_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
 
 def parse_bar(text: str) -> tuple[str, str, float]:
@@ -371,7 +371,7 @@ def bar_lines(rows: list[dict], bar: str, variant: str = "trained") -> list[str]
         r for r in rows
         if r["evolved"] and not r.get("aggregate") and r["variant"] == variant
     ]  # fmt: skip
-    found = [r for r in chosen if r["metric"] == metric or (metric == "loss")]
+    found = [r for r in chosen if metric in ("loss", r["metric"])]
     if not found:
         have = sorted({r["metric"] for r in chosen} | {"loss"}) if chosen else []
         variants = sorted({r["variant"] for r in rows})
