@@ -57,3 +57,33 @@ def test_loss_rewards_alignment_and_unit_norm():
     half_loss = np.mean(ev(jnp.array([1.0, -4.0]), keys)[0])  # converges to |w| = 0.5
     none_loss = np.mean(ev(jnp.array([0.0, 0.0]), keys)[0])  # never learns
     assert oja_loss < 0.02 < half_loss and oja_loss < none_loss
+
+
+def test_train_scale_sets_the_meta_training_scale_only():
+    """``train_scale_min/max`` draw the meta-training instances' leading eigenvalue from their
+    own range; held-out instances, and the default, are those of ``scale_min .. scale_max``."""
+    key = jax.random.PRNGKey(3)
+    default = tasks.make("pca", dim=5, steps=10)
+    same = tasks.make("pca", dim=5, steps=10, train_scale_min=0.5, train_scale_max=2.0)
+    one = tasks.make("pca", dim=5, steps=10, train_scale_min=1.0, train_scale_max=1.0)
+    fixed = tasks.make("pca", dim=5, steps=10, scale_min=1.0, scale_max=1.0)
+    for split in ("train", "test"):  # the default's range given explicitly: bit-identical
+        np.testing.assert_array_equal(default.sample(key, split).xs, same.sample(key, split).xs)
+    np.testing.assert_array_equal(one.sample(key, "train").xs, fixed.sample(key, "train").xs)
+    np.testing.assert_array_equal(one.sample(key, "test").xs, default.sample(key, "test").xs)
+    assert not np.allclose(one.sample(key, "train").xs, default.sample(key, "train").xs)
+
+
+def test_train_scale_needs_both_bounds_in_order():
+    import pytest
+
+    from evoplastic import config
+    from evoplastic.config import ConfigError
+
+    from .conftest import small_config
+
+    with pytest.raises(ValueError, match="give both or neither"):
+        tasks.make("pca", dim=5, steps=10, train_scale_min=1.0)
+    with pytest.raises(ConfigError, match=r"^task.train_scale_min: must be <= train_scale_max"):
+        config.parse(small_config(task={"name": "pca", "train_scale_min": 2.0,
+                                        "train_scale_max": 1.0}))  # fmt: skip

@@ -277,6 +277,8 @@ POSITIVE_TASK_PARAMS = (
     "steps",
     "scale_min",
     "scale_max",
+    "train_scale_min",
+    "train_scale_max",
     "support_size",
     "query_size",
     "epochs",
@@ -294,7 +296,11 @@ def _check_task_values(path: str, params: dict) -> None:
                 raise ConfigError(f"{path}.{key}: must be finite, got {value}")
             if key in POSITIVE_TASK_PARAMS and value <= 0:
                 raise ConfigError(f"{path}.{key}: must be > 0, got {value}")
-    for low, high in (("scale_min", "scale_max"), ("amp_min", "amp_max")):
+    for low, high in (
+        ("scale_min", "scale_max"),
+        ("train_scale_min", "train_scale_max"),
+        ("amp_min", "amp_max"),
+    ):
         lo, hi = params.get(low), params.get(high)
         if isinstance(lo, int | float) and isinstance(hi, int | float) and lo > hi:
             raise ConfigError(f"{path}.{low}: must be <= {high} ({hi}), got {lo}")

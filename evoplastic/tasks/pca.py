@@ -45,6 +45,11 @@ class PCAFamily:
       noise_eig_max: upper bound of the non-leading eigenvalues, relative to the leading one.
       scale_min, scale_max: range of the leading eigenvalue.
       norm_penalty: weight of ``(|w| - 1)^2`` in the loss.
+      train_scale_min, train_scale_max: the leading eigenvalue's range for the
+        meta-training instances only (``split="train"``); held-out instances keep
+        ``scale_min .. scale_max``. ``None`` (default): the same range for both. A rule
+        meta-trained at one scale (``train_scale_min = train_scale_max = 1``) has no
+        reason to change its step with the input scale, and is tested on all scales.
     """
 
     network: RateNetwork
@@ -54,6 +59,8 @@ class PCAFamily:
     scale_min: float = 0.5
     scale_max: float = 2.0
     norm_penalty: float = 1.0
+    train_scale_min: float | None = None
+    train_scale_max: float | None = None
 
     metric_names = ("alignment", "norm")
 
@@ -69,6 +76,15 @@ class PCAFamily:
                 f"task.scale_min: must satisfy 0 < scale_min <= scale_max,"
                 f" got {self.scale_min} and {self.scale_max}"
             )
+        if (self.train_scale_min is None) != (self.train_scale_max is None):
+            raise ValueError("task.train_scale_min and task.train_scale_max: give both or neither")
+        if self.train_scale_min is not None and not (
+            0.0 < self.train_scale_min <= self.train_scale_max
+        ):
+            raise ValueError(
+                f"task.train_scale_min: must satisfy 0 < train_scale_min <= train_scale_max,"
+                f" got {self.train_scale_min} and {self.train_scale_max}"
+            )
         if self.norm_penalty < 0:
             raise ValueError(f"task.norm_penalty: must be >= 0, got {self.norm_penalty}")
 
@@ -82,7 +98,10 @@ class PCAFamily:
         q, _ = jnp.linalg.qr(g[: d * d].reshape(d, d))
         w0 = g[d * d : d * d + d].reshape(1, d)
         z = g[d * d + d :].reshape(self.steps, d)
-        scale = self.scale_min + (self.scale_max - self.scale_min) * u[0]
+        lo, hi = self.scale_min, self.scale_max
+        if split == "train" and self.train_scale_min is not None:
+            lo, hi = self.train_scale_min, self.train_scale_max
+        scale = lo + (hi - lo) * u[0]
         eig = scale * jnp.concatenate([jnp.ones(1), self.noise_eig_max * u[1:]])
         xs = (z * jnp.sqrt(eig)) @ q.T
         return PCATask(xs=xs, pc1=q[:, 0], w0=w0)
