@@ -1,0 +1,146 @@
+"""``rule.init_from``: a search starts from a rule found before (a run directory or a
+best_rule.json). Its genome is generation 0's ES mean and the gradient's first genome; a
+path that is missing or holds another rule is one line, exit 2, nothing written."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import evoplastic as ep
+from evoplastic import checkpoint
+from evoplastic.start import with_start
+
+from .conftest import cli_here, small_config
+from .rundirs import fake_run
+
+GENOME = [0.31, -0.72, 0.05, -0.13]  # the small config's four terms
+
+
+def _start_run(tmp_path, genome=GENOME, **sections):
+    """A finished run directory whose rule is ``genome``."""
+    cfg = small_config(**sections)
+    exp = ep.build(ep.config.parse(cfg))
+    fake_run(tmp_path / "start", cfg, exp.unflatten_genome(genome))
+    return tmp_path / "start"
+
+
+def _started(init_from, **sections):
+    cfg = small_config(**sections)
+    cfg["rule"] = dict(cfg["rule"], init_from=str(init_from))
+    return with_start(ep.build(ep.config.parse(cfg)))
+
+
+def _flat(exp, genome):
+    return np.asarray(exp.flat_genome(genome))
+
+
+@pytest.mark.parametrize("target", ["run_dir", "best_rule.json"])
+def test_es_mean_of_generation_zero_is_the_loaded_genome(tmp_path, target):
+    start = _start_run(tmp_path)
+    exp = _started(start if target == "run_dir" else start / "best_rule.json")
+    mean = exp.mean_genome(exp.init_state(jax.random.PRNGKey(3)))
+    np.testing.assert_allclose(_flat(exp, mean), GENOME, rtol=1e-6)
+    assert exp.start["sha256"] and exp.start["params"] == 4
+    # without init_from the same config starts elsewhere (the test can fail)
+    plain = ep.build(ep.config.parse(small_config()))
+    other = plain.mean_genome(plain.init_state(jax.random.PRNGKey(3)))
+    assert not np.allclose(_flat(plain, other), GENOME)
+
+
+def test_the_newest_checkpoint_when_the_run_has_no_best_rule(tmp_path):
+    start = _start_run(tmp_path)
+    (start / "best_rule.json").unlink()
+    exp = ep.build(ep.config.parse(small_config()))
+    older, newer = [0.1, 0.2, 0.3, 0.4], [0.9, -0.8, 0.7, -0.6]
+    for generation, flat in ((2, older), (4, newer)):
+        payload = {"genome": exp.unflatten_genome(flat)}
+        checkpoint.save(start / "checkpoints", generation, payload)
+    exp = _started(start)
+    mean = exp.mean_genome(exp.init_state(jax.random.PRNGKey(0)))
+    np.testing.assert_allclose(_flat(exp, mean), newer, rtol=1e-6)
+    assert exp.start["file"] == str(checkpoint.path_for(start / "checkpoints", 4))
+
+
+def test_gradient_first_genome_is_the_loaded_genome(tmp_path):
+    start = _start_run(tmp_path)
+    meta = {"optimizer": "gradient", "gradient": {"init_std": 0.0, "remat": "step"}}
+    exp = _started(start, meta=meta)
+    first = exp.init_state(jax.random.PRNGKey(0)).genome
+    np.testing.assert_allclose(_flat(exp, first), GENOME, rtol=1e-6)
+
+
+def _write(tmp_path, cfg, name="cfg.yaml"):
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_run_records_its_start_and_resume_does_not_need_it(tmp_path):
+    start = _start_run(tmp_path)
+    cfg = small_config()
+    cfg["rule"] = dict(cfg["rule"], init_from=str(start))
+    out = tmp_path / "curriculum"
+    done = cli_here("run", _write(tmp_path, cfg), "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "start.json").read_text())
+    assert record["init_from"] == str(start) and record["file"].endswith("best_rule.json")
+    assert ep.config.load(out / "config.yaml").rule["init_from"] == str(start)
+    # the start may go: building the run (eval, plot) and resuming it do not read it
+    (start / "best_rule.json").unlink()
+    (start / "config.yaml").unlink()
+    ep.build(ep.config.load(out / "config.yaml"))
+    again = cli_here("resume", out, "--quiet")
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "error: rule.init_from: '{path}' not found"),
+        ("not_a_run", "error: rule.init_from: '{path}' is not a run directory"),
+        (
+            "shape",
+            "error: rule.init_from: '{path}' holds a genome of 3 numbers (polynomial);"
+            " this config's 'polynomial' rule has 4",
+        ),  # fmt: skip
+        (
+            "other_rule",
+            "error: rule.init_from: '{path}' holds a 'abcd' rule; this config's"
+            " rule is 'polynomial'",
+        ),  # fmt: skip
+        ("other_terms", "error: rule.init_from: '{path}' holds another 'polynomial' rule (terms:"),
+    ],
+)
+def test_bad_start_is_one_line_exit_2_nothing_written(tmp_path, case, message):
+    if case == "missing":
+        path = tmp_path / "nowhere"
+    elif case == "not_a_run":
+        path = tmp_path / "empty"
+        path.mkdir()
+    elif case == "shape":
+        path = tmp_path / "best_rule.json"
+        path.write_text(json.dumps({"rule": "polynomial", "genome_flat": [1.0, 2.0, 3.0]}))
+    elif case == "other_rule":
+        path = tmp_path / "best_rule.json"
+        path.write_text(json.dumps({"rule": "abcd", "genome_flat": GENOME}))
+    else:  # a run of the same family and size over other terms
+        path = _start_run(tmp_path, rule={"terms": ["pre*post", "post^2*w", "w", "pre"]})
+    cfg = small_config()
+    cfg["rule"] = dict(cfg["rule"], init_from=str(path))
+    out = tmp_path / "run"
+    done = cli_here("run", _write(tmp_path, cfg), "--out", out)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message.format(path=path)), done.stderr
+    assert not out.exists()
+
+
+def test_init_from_must_be_a_path():
+    cfg = small_config()
+    cfg["rule"] = dict(cfg["rule"], init_from=3)
+    with pytest.raises(ep.ConfigError, match="^rule.init_from: expected the path"):
+        ep.config.parse(cfg)
