@@ -66,7 +66,18 @@ def _run_rule(run_dir: Path) -> dict | None:
 
 
 def _rule_params(section: dict) -> dict:
-    """A rule section as plain JSON values, less the keys that only set a starting point."""
+    """A rule section with its defaults filled in (an older run's config may lack fields
+    added since, which default to what it ran with), as plain JSON values, less the keys
+    that only set a starting point."""
+    from . import rules
+    from .config.fields import _named
+
+    section = {k: v for k, v in section.items() if k != "init_from"}
+    try:
+        name, params = _named(section, "rule", rules.RULES)
+        section = {"name": name, **params}
+    except ConfigError:
+        pass  # compared as written
     kept = {k: v for k, v in section.items() if not str(k).startswith("init")}
     return json.loads(json.dumps(kept, default=list))
 
