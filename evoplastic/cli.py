@@ -168,6 +168,18 @@ def _build(cfg):
         _fail(str(err))
 
 
+def _start(exp):
+    """``exp`` starting from its ``rule.init_from`` (read and checked now, before anything
+    is written)."""
+    from .config import ConfigError
+    from .start import with_start
+
+    try:
+        return with_start(exp)
+    except ConfigError as err:
+        _fail(str(err))
+
+
 def _print_summary(summary: dict, run_dir: Path) -> None:
     rule = summary["rule"]
     click.echo(f"\ndiscovered rule: {rule['equation']}")
@@ -339,7 +351,7 @@ def run(
             _fail("--seed and --seeds: give one of them")
         return _run_sweep(config_path, overrides, out, seeds, sweeps, sweep_on, dry_run, quiet)
     cfg = _with_backend(_load_config(config_path, overrides, seed), backend, address)
-    exp = _build(cfg)
+    exp = _start(_build(cfg))
     if dry_run:
         from .config import dump
 
@@ -361,7 +373,7 @@ def _run_sweep(config_path, overrides, out, seeds, sweeps, sweep_on, dry_run, qu
     try:
         data = load_data(config_path, overrides)
         points = sweep.grid(sweep.parse_seeds(seeds) if seeds else None, sweep.parse_sweep(sweeps))
-        cfgs = sweep.plan(data, points, lambda cfg: _build(cfg).config)
+        cfgs = sweep.plan(data, points, lambda cfg: _start(_build(cfg)).config)
     except ConfigError as err:
         _fail(str(err))
     if dry_run:
@@ -419,6 +431,7 @@ def resume(run_dir, quiet, backend, address):
     _check_logging(exp.config)
     if not list_checkpoints(run_dir / "checkpoints"):
         click.echo("warning: no checkpoint yet; starting again from generation 0", err=True)
+        exp = _start(exp)
     _train_and_finish(exp, run_dir, resume=True, quiet=quiet)
 
 

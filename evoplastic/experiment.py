@@ -47,6 +47,8 @@ class Experiment:
       genome_template: a genome of the rule (structure and shapes).
       portable: whether the config alone rebuilds this experiment (else it was built with
         Python objects, and a distributed backend ships its outer loop instead).
+      start: what the search starts from when the config has ``rule.init_from`` and
+        :func:`evoplastic.start.with_start` has loaded it (``start.json``); else ``None``.
     """
 
     config: Config
@@ -55,6 +57,7 @@ class Experiment:
     outer: OuterLoop
     genome_template: Any
     portable: bool = True
+    start: dict | None = None
 
     def family_variant(self, **overrides):
         """The same task family with some task parameters changed (e.g. ``dim=40``)."""
@@ -190,7 +193,7 @@ def build(cfg: Config, family=None, rule: rules.Rule | None = None, check: bool 
 
 def _config_rule(cfg: Config, family) -> rules.Rule:
     """The rule of the config's ``rule`` section (and ``network.learn_init``)."""
-    rule_params = {k: v for k, v in cfg.rule.items() if k != "name"}
+    rule_params = {k: v for k, v in cfg.rule.items() if k not in ("name", "init_from")}
     if "shapes" in inspect.signature(rules.RULES[cfg.rule["name"]]).parameters:
         shapes = getattr(family.network, "shapes", None)
         if shapes is None and cfg.rule["name"] in NEEDS_LAYERS:

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from . import backends
+from .checkpoint import list_checkpoints
 from .experiment import Experiment
+from .start import with_start
 from .trainer import Reporter, TrainResult, finalize, prepare_run_dir, read_metrics, train
 
 
@@ -81,6 +83,7 @@ def execute(
       RunDirExists: ``run_dir`` exists and this is not a resume (nothing written).
       BackendError: the backend cannot start (nothing written) or cannot go on (after a
         checkpoint).
+      ConfigError: ``rule.init_from`` names no usable rule (nothing written).
       ResumeError, Interrupted, SearchDiverged: from the trainer.
     """
     reporter = reporter or Reporter()
@@ -95,6 +98,8 @@ def execute(
                 f"run directory {str(directory)!r} already exists"
                 + ("" if resume else " (pass resume=True to continue it)")
             )
+        if not (existing and list_checkpoints(directory / "checkpoints")):
+            exp = with_start(exp)  # rule.init_from, read here (on the driver)
         with backends.open_step(exp, warn=reporter.warn) as step:
             if not existing:
                 prepare_run_dir(directory, exp)

@@ -151,6 +151,10 @@ def prepare_run_dir(run_dir: Path, exp: Experiment) -> None:
     (run_dir / "checkpoints").mkdir()
     checkpoint.atomic_write(run_dir / "config.yaml", dump(exp.config).encode())
     provenance.write(run_dir)
+    if exp.start is not None:  # rule.init_from: what the search started from
+        from . import start
+
+        start.write(run_dir, exp.start)
 
 
 def train(

@@ -334,6 +334,36 @@ def test_ep_run_with_backend_ray_runs_on_ray_actors(ray_instance, tmp_path):
     assert _metric_columns(tmp_path / "ray") == _metric_columns(tmp_path / "local")
 
 
+def test_init_from_is_read_on_the_driver_and_ray_equals_local(ray_instance, tmp_path):
+    """rule.init_from on Ray: the driver reads the start (it may be gone before the actors
+    start: they rebuild the experiment from its config and never read it) and the run
+    equals the local one from the same start (test_init_from.py: that start is the mean of
+    generation 0)."""
+    from evoplastic.runner import execute
+    from evoplastic.start import with_start
+
+    from .rundirs import fake_run
+
+    start = tmp_path / "start"
+    fake_run(
+        start,
+        small_config(),
+        build(config.parse(small_config())).unflatten_genome([0.31, -0.72, 0.05, -0.13]),
+    )
+    rule = dict(small_config()["rule"], init_from=str(start))
+    exp = with_start(build(_ray_config(tmp_path, rule=rule, generations=3)))
+    (start / "best_rule.json").unlink()
+    remote = execute(exp, tmp_path / "ray", finish=None)
+    assert (tmp_path / "ray" / "start.json").is_file()
+    local = execute(
+        dataclasses.replace(exp, config=dataclasses.replace(exp.config, backend="local")),
+        tmp_path / "local",
+        finish=None,
+    )
+    assert _columns(tmp_path / "ray") == _columns(tmp_path / "local")
+    np.testing.assert_array_equal(np.asarray(remote.genome), np.asarray(local.genome))
+
+
 @pytest.mark.slow  # its feature keeps a faster test in the default run
 def test_cli_gradient_and_pes_on_ray_finish_like_local(write_config, tmp_path):
     """`evoplastic run --backend ray` with the meta-gradient and with PES exits 0 and writes

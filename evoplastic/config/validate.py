@@ -43,7 +43,10 @@ def parse(data: Any) -> Config:
     """
     cfg = _from_dict(Config, data, "")
     task_name, task_params, task_factory = _task(cfg.task)
-    rule_name, rule_params = _named(cfg.rule, "rule", rules.RULES)
+    rule_section, init_from = _init_from(cfg.rule)
+    rule_name, rule_params = _named(rule_section, "rule", rules.RULES)
+    if init_from is not None:
+        rule_params["init_from"] = init_from
     _positive("generations", cfg.generations)
     if cfg.backend not in BACKENDS:
         raise ConfigError(
@@ -123,6 +126,23 @@ def parse(data: Any) -> Config:
     return dataclasses.replace(
         cfg, task={"name": task_name, **task_params}, rule={"name": rule_name, **rule_params}
     )
+
+
+def _init_from(section) -> tuple[Any, str | None]:
+    """``(section without init_from, init_from)``: the run or rule file a search starts
+    from (see evoplastic/start.py); the file itself is read when a run starts."""
+    if not isinstance(section, dict) or "init_from" not in section:
+        return section, None
+    section = dict(section)
+    value = section.pop("init_from")
+    if value is None:
+        return section, None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"rule.init_from: expected the path of a run directory or a best_rule.json,"
+            f" got {value!r}"
+        )
+    return section, value
 
 
 def _task(section) -> tuple[str, dict, Any]:

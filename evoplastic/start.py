@@ -1,0 +1,192 @@
+"""``rule.init_from``: start a search from a rule found before (a curriculum).
+
+The config's ``rule.init_from`` names a run directory (its ``best_rule.json``, else its
+newest intact checkpoint, as ``evoplastic eval`` finds a genome) or a ``best_rule.json``
+file. Its genome becomes the search's starting point: the ES mean of generation 0, the
+first genome of ``meta.optimizer: gradient`` (plus its ``init_std`` noise). A relative
+path resolves from the current directory.
+
+The genome is read where a run starts (:func:`evoplastic.runner.execute`, on the driver of
+a distributed backend; a worker rebuilds the experiment from its config and never reads
+the file). Building an experiment for ``eval``, ``plot`` or ``distill`` does not read it,
+so a finished run's rule stays usable after its starting run is gone; a resumed run with a
+checkpoint does not need it either. What a run started from is recorded in its directory
+as ``start.json`` (the path, the file read and its SHA-256).
+
+Example::
+
+    exp = with_start(build(cfg))   # ConfigError: missing path, not a run, another rule
+    exp.mean_genome(exp.init_state(jax.random.PRNGKey(0)))   # the loaded genome
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import jax.flatten_util
+import numpy as np
+import yaml
+
+from . import checkpoint
+from .config import ConfigError
+
+FILE = "start.json"
+FIELD = "rule.init_from"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rule_file(path: Path) -> tuple[list, str | None]:
+    """``(genome_flat, rule name)`` of a ``best_rule.json``."""
+    try:
+        data = json.loads(path.read_text())
+        flat = data["genome_flat"]
+        if not isinstance(flat, list):
+            raise TypeError("genome_flat is not a list")
+        flat = [float(x) for x in flat]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"{FIELD}: {str(path)!r} is not a readable rule file ({err})") from None
+    return flat, data.get("rule") if isinstance(data, dict) else None
+
+
+def _run_rule(run_dir: Path) -> dict | None:
+    """The ``rule`` section of a run directory's ``config.yaml`` (``None`` without one)."""
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    rule = data.get("rule") if isinstance(data, dict) else None
+    return rule if isinstance(rule, dict) else None
+
+
+def _rule_params(section: dict) -> dict:
+    """A rule section with its defaults filled in (an older run's config may lack fields
+    added since, which default to what it ran with), as plain JSON values, less the keys
+    that only set a starting point."""
+    from . import rules
+    from .config.fields import _named
+
+    section = {k: v for k, v in section.items() if k != "init_from"}
+    try:
+        name, params = _named(section, "rule", rules.RULES)
+        section = {"name": name, **params}
+    except ConfigError:
+        pass  # compared as written
+    kept = {k: v for k, v in section.items() if not str(k).startswith("init")}
+    return json.loads(json.dumps(kept, default=list))
+
+
+def read(init_from: str) -> dict:
+    """What ``init_from`` holds: ``{"genome_flat", "rule", "rule_section", "file"}``.
+
+    ``rule`` is the file's rule name (``None`` if it does not say), ``rule_section`` the
+    run's whole ``rule`` section when the path is a run directory.
+
+    Raises:
+      ConfigError: the path is missing, or neither a run directory nor a rule file.
+    """
+    path = Path(init_from)
+    if not path.exists():
+        raise ConfigError(f"{FIELD}: {init_from!r} not found")
+    section = None
+    if path.is_dir():
+        section = _run_rule(path)
+        best = path / "best_rule.json"
+        if best.is_file():
+            flat, name = _rule_file(best)
+            return _read(flat, name or (section or {}).get("name"), section, best)
+        found = checkpoint.list_checkpoints(path / "checkpoints")
+        if not found:
+            raise ConfigError(
+                f"{FIELD}: {init_from!r} is not a run directory (no best_rule.json and no"
+                " checkpoint)"
+            )
+        try:
+            payload = checkpoint.load_latest(path / "checkpoints")
+        except checkpoint.CheckpointError as err:
+            raise ConfigError(f"{FIELD}: {init_from!r}: {err}") from None
+        flat, _ = jax.flatten_util.ravel_pytree(jax.tree.map(np.asarray, payload["genome"]))
+        newest = checkpoint.list_checkpoints(path / "checkpoints")[-1][1]
+        name = (section or {}).get("name")
+        return _read([float(x) for x in np.asarray(flat)], name, section, newest)
+    flat, name = _rule_file(path)
+    return _read(flat, name, None, path)
+
+
+def _read(flat, name, section, file: Path) -> dict:
+    return {"genome_flat": flat, "rule": name, "rule_section": section, "file": file}
+
+
+def load(exp) -> tuple[object, dict]:
+    """``(genome, record)``: the genome ``exp.config.rule['init_from']`` names, checked
+    against the experiment's rule, and what ``start.json`` records.
+
+    Raises:
+      ConfigError: missing path, not a run or rule file, a genome of another rule or size.
+    """
+    cfg = exp.config
+    init_from = cfg.rule["init_from"]
+    found = read(init_from)
+    name = cfg.rule["name"]
+    if found["rule"] is not None and found["rule"] != name:
+        raise ConfigError(
+            f"{FIELD}: {init_from!r} holds a {found['rule']!r} rule; this config's rule is {name!r}"
+        )
+    section = found["rule_section"]
+    if section is not None:
+        mine, theirs = _rule_params(cfg.rule), _rule_params(section)
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differ:
+            shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differ)
+            raise ConfigError(f"{FIELD}: {init_from!r} holds another {name!r} rule ({shown})")
+    want = len(exp.flat_genome(exp.genome_template))
+    got = len(found["genome_flat"])
+    if got != want:
+        raise ConfigError(
+            f"{FIELD}: {init_from!r} holds a genome of {got} numbers"
+            f" ({found['rule'] or 'rule not named'}); this config's {name!r} rule has {want}"
+        )
+    genome = exp.unflatten_genome(found["genome_flat"])
+    record = {
+        "init_from": init_from,
+        "resolved": str(Path(init_from).resolve()),
+        "file": str(found["file"]),
+        "sha256": _sha256(Path(found["file"])),
+        "rule": name,
+        "params": got,
+    }
+    return genome, record
+
+
+def with_start(exp):
+    """``exp`` whose search starts from ``rule.init_from`` (unchanged without one, or if
+    already loaded).
+
+    Raises:
+      ConfigError: as :func:`load`.
+    """
+    if not exp.config.rule.get("init_from") or exp.start is not None:
+        return exp
+    genome, record = load(exp)
+    outer = exp.outer
+    fields = {f.name for f in dataclasses.fields(outer)}
+    if "init_genome" in fields:
+        outer = dataclasses.replace(outer, init_genome=lambda key: genome)
+    elif "rule" in fields:
+        rule = dataclasses.replace(outer.rule, init=lambda key: genome)
+        outer = dataclasses.replace(outer, rule=rule)
+    else:
+        raise ConfigError(f"{FIELD}: not available with this outer loop ({type(outer).__name__})")
+    return dataclasses.replace(exp, outer=outer, start=record)
+
+
+def write(run_dir: Path, record: dict) -> None:
+    """``start.json`` in ``run_dir``."""
+    text = json.dumps(record, indent=2) + "\n"
+    checkpoint.atomic_write(Path(run_dir) / FILE, text.encode())
