@@ -191,7 +191,6 @@ INTEGRATION_TESTS = {
     "test_horizons.py::test_committed_horizons_rule_keeps_learning_at_twice_the_horizon",
     "test_horizons.py::test_committed_sinusoid_horizons_rule_keeps_learning_at_2x_and_4x",
     "test_horizons.py::test_committed_semisupervised_horizons_rule_keeps_learning_at_4x",
-    "test_init_from.py::test_committed_stateful_curriculum_rule_keeps_learning_at_4x",
     "test_init_from.py::test_run_records_its_start_and_resume_does_not_need_it",
     "test_patterns.py::test_lstm_baseline_trains_and_scores_on_the_tasks_loss",
     "test_distill.py::test_sparsity_is_chosen_by_the_equations_task_loss",

@@ -152,6 +152,7 @@ def test_init_from_must_be_a_path():
 COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
 
+@pytest.mark.slow  # 36 s on 2 cores; the committed seed counts are checked by the test below
 def test_committed_stateful_curriculum_rule_keeps_learning_at_4x():
     """The committed digits_stateful_horizons rule (random horizons, started from the
     committed fixed-horizon digits_stateful rule) reproduces its 1x figure, is not below
