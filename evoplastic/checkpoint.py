@@ -183,9 +183,15 @@ def read(path: Path, warn=None) -> dict[str, Any]:
 
 def load_latest(directory: Path, warn=None) -> dict[str, Any]:
     """The newest intact checkpoint in ``directory``; damaged ones are reported to ``warn``."""
+    return latest_intact(directory, warn)[1]
+
+
+def latest_intact(directory: Path, warn=None) -> tuple[Path, dict[str, Any]]:
+    """``(path, payload)`` of the newest intact checkpoint in ``directory`` (damaged ones are
+    reported to ``warn``); :class:`CheckpointError` if there is none."""
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            return read(path, warn=warn)
+            return path, read(path, warn=warn)
         except (CheckpointError, OSError, pickle.UnpicklingError, EOFError) as err:
             if warn is not None:
                 warn(f"skipping damaged checkpoint: {err}")

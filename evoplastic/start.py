@@ -101,18 +101,16 @@ def read(init_from: str) -> dict:
         if best.is_file():
             flat, name = _rule_file(best)
             return _read(flat, name or (section or {}).get("name"), section, best)
-        found = checkpoint.list_checkpoints(path / "checkpoints")
-        if not found:
+        if not checkpoint.list_checkpoints(path / "checkpoints"):
             raise ConfigError(
                 f"{FIELD}: {init_from!r} is not a run directory (no best_rule.json and no"
                 " checkpoint)"
             )
-        try:
-            payload = checkpoint.load_latest(path / "checkpoints")
+        try:  # the file recorded is the one read (a damaged newest one is passed over)
+            newest, payload = checkpoint.latest_intact(path / "checkpoints")
         except checkpoint.CheckpointError as err:
             raise ConfigError(f"{FIELD}: {init_from!r}: {err}") from None
         flat, _ = jax.flatten_util.ravel_pytree(jax.tree.map(np.asarray, payload["genome"]))
-        newest = checkpoint.list_checkpoints(path / "checkpoints")[-1][1]
         name = (section or {}).get("name")
         return _read([float(x) for x in np.asarray(flat)], name, section, newest)
     flat, name = _rule_file(path)

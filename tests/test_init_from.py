@@ -64,6 +64,12 @@ def test_the_newest_checkpoint_when_the_run_has_no_best_rule(tmp_path):
     mean = exp.mean_genome(exp.init_state(jax.random.PRNGKey(0)))
     np.testing.assert_allclose(_flat(exp, mean), newer, rtol=1e-6)
     assert exp.start["file"] == str(checkpoint.path_for(start / "checkpoints", 4))
+    # a damaged newest checkpoint is passed over, and the file recorded is the one read
+    checkpoint.path_for(start / "checkpoints", 6).write_bytes(b"not a checkpoint")
+    exp = _started(start)
+    mean = exp.mean_genome(exp.init_state(jax.random.PRNGKey(0)))
+    np.testing.assert_allclose(_flat(exp, mean), newer, rtol=1e-6)
+    assert exp.start["file"] == str(checkpoint.path_for(start / "checkpoints", 4))
 
 
 def test_gradient_first_genome_is_the_loaded_genome(tmp_path):
