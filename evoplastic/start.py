@@ -13,6 +13,13 @@ so a finished run's rule stays usable after its starting run is gone; a resumed 
 checkpoint does not need it either. What a run started from is recorded in its directory
 as ``start.json`` (the path, the file read and its SHA-256).
 
+A list of paths (``rule.init_from: [runs/s0, runs/s5, runs/s10]``) starts from the best of
+them: each is read and checked as above, then scored by this config's meta-training loss on
+:data:`SELECT_INSTANCES` meta-train instances (never held-out ones; the key is drawn from
+the config's seed), and the lowest loss is the start. ``start.json`` then also lists every
+candidate with its loss (a restart strategy for searches whose first stage can end in a
+poor optimum).
+
 Example::
 
     exp = with_start(build(cfg))   # ConfigError: missing path, not a run, another rule
@@ -36,6 +43,7 @@ from .config import ConfigError
 
 FILE = "start.json"
 FIELD = "rule.init_from"
+SELECT_INSTANCES = 128  # meta-train instances that rank the candidates of a list
 
 
 def _sha256(path: Path) -> str:
@@ -121,15 +129,9 @@ def _read(flat, name, section, file: Path) -> dict:
     return {"genome_flat": flat, "rule": name, "rule_section": section, "file": file}
 
 
-def load(exp) -> tuple[object, dict]:
-    """``(genome, record)``: the genome ``exp.config.rule['init_from']`` names, checked
-    against the experiment's rule, and what ``start.json`` records.
-
-    Raises:
-      ConfigError: missing path, not a run or rule file, a genome of another rule or size.
-    """
+def _load_one(exp, init_from: str) -> tuple[object, dict]:
+    """``(genome, record)`` of one path, checked against the experiment's rule."""
     cfg = exp.config
-    init_from = cfg.rule["init_from"]
     found = read(init_from)
     name = cfg.rule["name"]
     if found["rule"] is not None and found["rule"] != name:
@@ -160,6 +162,45 @@ def load(exp) -> tuple[object, dict]:
         "params": got,
     }
     return genome, record
+
+
+def load(exp) -> tuple[object, dict]:
+    """``(genome, record)``: the genome ``exp.config.rule['init_from']`` names (the best of
+    a list, by meta-training loss), checked against the experiment's rule, and what
+    ``start.json`` records.
+
+    Raises:
+      ConfigError: missing path, not a run or rule file, a genome of another rule or size
+        (for a list: the first such entry), or no candidate with a finite loss.
+    """
+    init_from = exp.config.rule["init_from"]
+    if isinstance(init_from, str):
+        return _load_one(exp, init_from)
+    loaded = [_load_one(exp, path) for path in init_from]  # every entry checked first
+    losses = select_losses(exp, [genome for genome, _ in loaded])
+    finite = [i for i, loss in enumerate(losses) if np.isfinite(loss)]
+    if not finite:
+        raise ConfigError(f"{FIELD}: no candidate has a finite meta-training loss ({init_from!r})")
+    best = min(finite, key=lambda i: losses[i])
+    genome, record = loaded[best]
+    candidates = [
+        {**rec, "loss": float(loss) if np.isfinite(loss) else None}
+        for (_, rec), loss in zip(loaded, losses, strict=True)
+    ]
+    record = {**record, "selected_by": "meta-training loss", "select_instances": SELECT_INSTANCES,
+              "candidates": candidates}
+    return genome, record
+
+
+def select_losses(exp, genomes) -> list[float]:
+    """Each genome's mean meta-training loss on the same :data:`SELECT_INSTANCES` meta-train
+    instances (the key is drawn from the config's seed; held-out instances are never used)."""
+    from .experiment import _fitness
+
+    ev = exp.config.evaluation
+    fitness = jax.jit(_fitness(exp.family, exp.rule, SELECT_INSTANCES, ev.loss_clip))
+    key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 0x5E1EC7)
+    return [float(fitness(genome, key)) for genome in genomes]
 
 
 def with_start(exp):

@@ -155,6 +155,47 @@ def test_init_from_must_be_a_path():
         ep.config.parse(cfg)
 
 
+OJA = [1.0, -1.0, 0.0, 0.0]  # pre*post - post^2*w: learns the task
+ANTI = [-1.0, 0.0, 0.0, 0.0]  # anti-Hebbian: does not
+
+
+@pytest.mark.parametrize("order", [(OJA, ANTI), (ANTI, OJA)])
+def test_a_list_starts_from_its_lowest_meta_training_loss(tmp_path, order):
+    starts = []
+    for i, genome in enumerate(order):
+        (tmp_path / str(i)).mkdir()
+        starts.append(_start_run(tmp_path / str(i), genome=genome))
+    exp = _started_list(starts)
+    mean = exp.mean_genome(exp.init_state(jax.random.PRNGKey(0)))
+    np.testing.assert_allclose(_flat(exp, mean), OJA, rtol=1e-6)  # wherever it is listed
+    candidates = exp.start["candidates"]
+    assert [c["init_from"] for c in candidates] == [str(s) for s in starts]
+    losses = {tuple(g): c["loss"] for g, c in zip(order, candidates, strict=True)}
+    assert losses[tuple(OJA)] < losses[tuple(ANTI)]
+    assert exp.start["init_from"] == str(starts[order.index(OJA)])
+
+
+def test_a_list_with_a_bad_entry_is_one_line_exit_2_nothing_written(tmp_path):
+    good = _start_run(tmp_path)
+    cfg = small_config()
+    cfg["rule"] = dict(cfg["rule"], init_from=[str(good), str(tmp_path / "nowhere")])
+    out = tmp_path / "run"
+    done = cli_here("run", _write(tmp_path, cfg), "--out", out)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines == [f"error: rule.init_from: '{tmp_path / 'nowhere'}' not found"], done.stderr
+    assert not out.exists()
+    cfg["rule"]["init_from"] = []
+    with pytest.raises(ep.ConfigError, match="^rule.init_from: expected the path"):
+        ep.config.parse(cfg)
+
+
+def _started_list(paths, **sections):
+    cfg = small_config(**sections)
+    cfg["rule"] = dict(cfg["rule"], init_from=[str(p) for p in paths])
+    return with_start(ep.build(ep.config.parse(cfg)))
+
+
 COMMITTED = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
 

@@ -128,7 +128,7 @@ def parse(data: Any) -> Config:
     )
 
 
-def _init_from(section) -> tuple[Any, str | None]:
+def _init_from(section) -> tuple[Any, str | list[str] | None]:
     """``(section without init_from, init_from)``: the run or rule file a search starts
     from (see evoplastic/start.py); the file itself is read when a run starts."""
     if not isinstance(section, dict) or "init_from" not in section:
@@ -137,11 +137,21 @@ def _init_from(section) -> tuple[Any, str | None]:
     value = section.pop("init_from")
     if value is None:
         return section, None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(
-            f"rule.init_from: expected the path of a run directory or a best_rule.json,"
-            f" got {value!r}"
+    def bad(what):
+        return ConfigError(
+            f"rule.init_from: expected the path of a run directory or a best_rule.json (or a"
+            f" list of them), got {what!r}"
         )
+
+    if isinstance(value, list):
+        if not value:
+            raise bad(value)
+        for item in value:
+            if not isinstance(item, str) or not item.strip():
+                raise bad(item)
+        return section, list(value)
+    if not isinstance(value, str) or not value.strip():
+        raise bad(value)
     return section, value
 
 
