@@ -187,8 +187,12 @@ def load(exp) -> tuple[object, dict]:
         {**rec, "loss": float(loss) if np.isfinite(loss) else None}
         for (_, rec), loss in zip(loaded, losses, strict=True)
     ]
-    record = {**record, "selected_by": "meta-training loss", "select_instances": SELECT_INSTANCES,
-              "candidates": candidates}
+    record = {
+        **record,
+        "selected_by": "meta-training loss",
+        "select_instances": SELECT_INSTANCES,
+        "candidates": candidates,
+    }
     return genome, record
 
 

@@ -137,6 +137,7 @@ def _init_from(section) -> tuple[Any, str | list[str] | None]:
     value = section.pop("init_from")
     if value is None:
         return section, None
+
     def bad(what):
         return ConfigError(
             f"rule.init_from: expected the path of a run directory or a best_rule.json (or a"
