@@ -148,17 +148,23 @@ def test_committed_horizons_rule_keeps_learning_at_twice_the_horizon():
     _keeps_accuracy(exp, genome, one, ({"shots": 10}, {"epochs": 6}))
 
 
-SINUSOID = RUN.parent / "sinusoid_horizons"
 SWEEP = [{"support_size": 20}, {"support_size": 40}, {"epochs": 10}, {"epochs": 20}]
 
 
-def test_committed_sinusoid_horizons_rule_keeps_learning_at_2x_and_4x():
-    """The committed sinusoid_horizons rule reproduces its 1x figure (100 held-out
-    instances), below the committed tuned SGD's beyond the interval, and at 2x and 4x the
-    support set and the passes, on the same 100 instance keys: no diverged instance (none
-    non-finite, none above 25, worse than predicting zero can be) and a mean MSE no higher
-    than at 1x."""
-    exp, genome, committed = _committed(SINUSOID)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sinusoid_horizons",
+        pytest.param("sinusoid_learned_feedback_horizons", marks=pytest.mark.slow),
+    ],
+)
+def test_committed_sinusoid_horizons_rule_keeps_learning_at_2x_and_4x(name):
+    """The committed sinusoid_horizons rule (and its learned-feedback counterpart)
+    reproduces its 1x figure (100 held-out instances), below the committed tuned SGD's
+    beyond the interval, and at 2x and 4x the support set and the passes, on the same 100
+    instance keys: no diverged instance (none non-finite, none above 25, worse than
+    predicting zero can be) and a mean MSE no higher than at 1x."""
+    exp, genome, committed = _committed(RUN.parent / name)
     one = np.asarray(evaluate_genome(exp.family, exp.rule, genome, 100)["mse"])
     assert float(np.mean(one)) == pytest.approx(committed["evolved"]["mse"]["mean"], rel=1e-3)
     half = 1.96 * one.std(ddof=1) / np.sqrt(one.size)
