@@ -270,7 +270,7 @@ def test_metamaze_plastic_agent_collects_more_than_the_non_plastic_one():
     episodes, and the non-plastic one has at least the plastic one's number of evolved
     values. Target: the plastic agent collects more, 95% intervals apart. On the 100
     episodes they overlap; on 1,000 held-out episodes they are apart (seed 0, the committed
-    run; seed 1 does not meet it, see docs/results.md)."""
+    run; 3 of 5 seeds meet it, experiments/results/metamaze/seeds.json)."""
     got = {}
     for name in ("metamaze", "metamaze_memory"):
         exp, genome, committed = _load(name)
