@@ -14,11 +14,13 @@ checkpoint does not need it either. What a run started from is recorded in its d
 as ``start.json`` (the path, the file read and its SHA-256).
 
 A list of paths (``rule.init_from: [runs/s0, runs/s5, runs/s10]``) starts from the best of
-them: each is read and checked as above, then scored by this config's meta-training loss on
-:data:`SELECT_INSTANCES` meta-train instances (never held-out ones; the key is drawn from
-the config's seed), and the lowest loss is the start. ``start.json`` then also lists every
-candidate with its loss (a restart strategy for searches whose first stage can end in a
-poor optimum).
+them: each is read and checked as above, then scored on the same :data:`SELECT_INSTANCES`
+meta-train instances of this config (never held-out ones; the key is drawn from the
+config's seed): by their mean accuracy where the task reports one (the headline metric of
+``evoplastic eval --sweep``), else by the meta-training loss. ``start.json`` then also lists
+every candidate with its scores (a restart strategy for searches whose first stage can end
+in a poor optimum; on digits the loss over longer horizons can rank a rule near chance
+above one that learns, which is why accuracy comes first).
 
 Example::
 
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import jax
 import jax.flatten_util
+import jax.numpy as jnp
 import numpy as np
 import yaml
 
@@ -166,45 +169,75 @@ def _load_one(exp, init_from: str) -> tuple[object, dict]:
 
 def load(exp) -> tuple[object, dict]:
     """``(genome, record)``: the genome ``exp.config.rule['init_from']`` names (the best of
-    a list, by meta-training loss), checked against the experiment's rule, and what
+    a list, see :func:`select_scores`), checked against the experiment's rule, and what
     ``start.json`` records.
 
     Raises:
       ConfigError: missing path, not a run or rule file, a genome of another rule or size
-        (for a list: the first such entry), or no candidate with a finite loss.
+        (for a list: the first such entry), or no candidate with a finite score.
     """
     init_from = exp.config.rule["init_from"]
     if isinstance(init_from, str):
         return _load_one(exp, init_from)
     loaded = [_load_one(exp, path) for path in init_from]  # every entry checked first
-    losses = select_losses(exp, [genome for genome, _ in loaded])
-    finite = [i for i, loss in enumerate(losses) if np.isfinite(loss)]
+    by, scores = select_scores(exp, [genome for genome, _ in loaded])
+    rank = [None if s[by] is None else (s[by] if by == "accuracy" else -s[by]) for s in scores]
+    finite = [i for i, r in enumerate(rank) if r is not None]  # higher is better
     if not finite:
-        raise ConfigError(f"{FIELD}: no candidate has a finite meta-training loss ({init_from!r})")
-    best = min(finite, key=lambda i: losses[i])
+        raise ConfigError(f"{FIELD}: no candidate has a finite meta-training {by} ({init_from!r})")
+    best = max(finite, key=lambda i: rank[i])  # the first of equals
     genome, record = loaded[best]
-    candidates = [
-        {**rec, "loss": float(loss) if np.isfinite(loss) else None}
-        for (_, rec), loss in zip(loaded, losses, strict=True)
-    ]
+    candidates = [{**rec, **score} for (_, rec), score in zip(loaded, scores, strict=True)]
     record = {
         **record,
-        "selected_by": "meta-training loss",
+        "selected_by": f"meta-training {by}",
         "select_instances": SELECT_INSTANCES,
         "candidates": candidates,
     }
     return genome, record
 
 
-def select_losses(exp, genomes) -> list[float]:
-    """Each genome's mean meta-training loss on the same :data:`SELECT_INSTANCES` meta-train
-    instances (the key is drawn from the config's seed; held-out instances are never used)."""
+def select_scores(exp, genomes) -> tuple[str, list[dict]]:
+    """``(by, scores)``: each genome's mean meta-training ``loss`` (capped as
+    ``evaluation.loss_clip`` caps it, plus the rule's penalty) and, where the task reports
+    one, its mean ``accuracy``, on the same :data:`SELECT_INSTANCES` meta-train instances
+    (the key is drawn from the config's seed; held-out instances are never used); ``by``:
+    ``"accuracy"`` where there is one, else ``"loss"``. A non-finite score is ``None``."""
     from .experiment import _fitness
 
-    ev = exp.config.evaluation
-    fitness = jax.jit(_fitness(exp.family, exp.rule, SELECT_INSTANCES, ev.loss_clip))
+    family, rule = exp.family, exp.rule
     key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 0x5E1EC7)
-    return [float(fitness(genome, key)) for genome in genomes]
+    if getattr(family, "train_fitness", None) is not None:  # a user's fitness task: loss only
+        fitness = jax.jit(_fitness(family, rule, SELECT_INSTANCES))
+        return "loss", [{"loss": _finite(fitness(genome, key))} for genome in genomes]
+    clip = exp.config.evaluation.loss_clip
+
+    @jax.jit
+    def scores(genome):
+        def one(j):
+            k = jax.random.fold_in(key, j)
+            loss, metrics = family.inner_loop(rule, genome, family.sample(k, "train"), k)
+            if clip is not None:
+                loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, clip), clip)
+            return loss, metrics.get("accuracy", jnp.nan)
+
+        loss, accuracy = jax.vmap(one)(jnp.arange(SELECT_INSTANCES))
+        loss = jnp.mean(loss)
+        return (loss if rule.penalty is None else loss + rule.penalty(genome)), jnp.mean(accuracy)
+
+    out = []
+    for genome in genomes:
+        loss, accuracy = scores(genome)
+        out.append({"loss": _finite(loss), "accuracy": _finite(accuracy)})
+    by = "accuracy" if any(s["accuracy"] is not None for s in out) else "loss"
+    if by == "loss":
+        out = [{"loss": s["loss"]} for s in out]
+    return by, out
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
 
 
 def with_start(exp):

@@ -175,6 +175,34 @@ def test_a_list_starts_from_its_lowest_meta_training_loss(tmp_path, order):
     assert exp.start["init_from"] == str(starts[order.index(OJA)])
 
 
+def _digits_config():
+    cfg = small_config()  # its sections replaced whole (small_config merges them)
+    cfg["task"] = {"name": "digits", "ways": 3, "shots": 2, "query_per_class": 3, "epochs": 2}
+    cfg["network"] = {"hidden": [4], "feedback": "random", "w_init_std": 0.3}
+    cfg["rule"] = {"name": "polynomial", "per_layer": True, "terms": ["err*pre"]}
+    return cfg
+
+
+def test_a_list_on_a_classification_task_is_ranked_by_accuracy(tmp_path):
+    """Where the task reports an accuracy the candidates are ranked by it (the loss can
+    rank a rule near chance first: docs/config.md); each candidate records both."""
+    good, anti = [0.5, 0.5], [-0.5, -0.5]  # err*pre per layer: learns / unlearns
+    exp = ep.build(ep.config.parse(_digits_config()))
+    starts = []
+    for i, genome in enumerate((anti, good)):
+        fake_run(tmp_path / str(i), _digits_config(), exp.unflatten_genome(genome))
+        starts.append(tmp_path / str(i))
+    cfg = _digits_config()
+    cfg["rule"] = dict(cfg["rule"], init_from=[str(p) for p in starts])
+    exp = with_start(ep.build(ep.config.parse(cfg)))
+    assert exp.start["selected_by"] == "meta-training accuracy"
+    anti_s, good_s = exp.start["candidates"]
+    assert good_s["accuracy"] > anti_s["accuracy"] and "loss" in good_s
+    assert exp.start["init_from"] == str(starts[1])
+    mean = exp.mean_genome(exp.init_state(jax.random.PRNGKey(0)))
+    np.testing.assert_allclose(_flat(exp, mean), good, rtol=1e-6)
+
+
 def test_a_list_with_a_bad_entry_is_one_line_exit_2_nothing_written(tmp_path):
     good = _start_run(tmp_path)
     cfg = small_config()
