@@ -98,6 +98,8 @@ def test_shared_rule_keeps_the_network_learning_through_the_episode():
         assert full["mean"] - full["ci95"] > got[v]["mean"] + got[v]["ci95"], v
 
 
+@pytest.mark.slow  # re-tunes SGD and Adam (21 s); the default tier keeps the horizons rule's
+# re-evaluation against the committed SGD figure (tests/test_horizons.py)
 def test_sinusoid_rule_beats_tuned_sgd_on_held_out_instances():
     """Target: the learned local rule's test MSE is below tuned SGD's (same network,
     initial weights, examples and steps), and below predicting zero (it learns)."""
