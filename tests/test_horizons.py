@@ -136,6 +136,8 @@ def _keeps_accuracy(exp, genome, one, longer_horizons):
         assert accuracy >= float(np.mean(one["accuracy"][:TWICE])) - TOL, longer
 
 
+@pytest.mark.slow  # 21 s; the default tier keeps the digits family at 4x through the
+# committed semi-supervised horizons rule (below) and the sinusoid rule at 2x and 4x
 def test_committed_horizons_rule_keeps_learning_at_twice_the_horizon():
     """The committed digits_horizons rule reproduces its 1x figure (100 held-out instances)
     and, on the first 32 of those instances (the same classes and, for shots, the same first
