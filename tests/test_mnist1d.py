@@ -197,6 +197,7 @@ def test_eval_carries_the_digits_rule_to_mnist1d_with_every_baseline():
     assert res["evolved"]["loss"]["nonfinite"] == 0
 
 
+@pytest.mark.slow  # 17 s: five seeds of two rules; committed transfers stay in the default tier
 def test_committed_neural_rule_seeds_reproduce_and_count_as_docs_say():
     """experiments/results/digits_stateful/seeds.json (stateful against stateless MLP rule,
     5 seeds each): the committed seed-0 rules give the committed accuracies on the first 4
