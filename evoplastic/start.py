@@ -204,6 +204,7 @@ def select_scores(exp, genomes) -> tuple[str, list[dict]]:
     (the key is drawn from the config's seed; held-out instances are never used); ``by``:
     ``"accuracy"`` where there is one, else ``"loss"``. A non-finite score is ``None``."""
     from .experiment import _fitness
+    from .tasks.evaluation import clip_loss
 
     family, rule = exp.family, exp.rule
     key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 0x5E1EC7)
@@ -217,9 +218,7 @@ def select_scores(exp, genomes) -> tuple[str, list[dict]]:
         def one(j):
             k = jax.random.fold_in(key, j)
             loss, metrics = family.inner_loop(rule, genome, family.sample(k, "train"), k)
-            if clip is not None:
-                loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, clip), clip)
-            return loss, metrics.get("accuracy", jnp.nan)
+            return clip_loss(loss, clip), metrics.get("accuracy", jnp.nan)
 
         loss, accuracy = jax.vmap(one)(jnp.arange(SELECT_INSTANCES))
         loss = jnp.mean(loss)

@@ -34,14 +34,20 @@ def task_fitness(family, rule, instances: int, loss_clip: float | None = None) -
         def one(j):
             k = jax.random.fold_in(key, j)
             loss, _ = family.inner_loop(rule, genome, family.sample(k, "train"), k)
-            if loss_clip is not None:
-                loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, loss_clip), loss_clip)
-            return loss
+            return clip_loss(loss, loss_clip)
 
         loss = jnp.mean(jax.vmap(one)(jnp.arange(instances)))
         return loss if rule.penalty is None else loss + rule.penalty(genome)
 
     return fitness
+
+
+def clip_loss(loss, loss_clip: float | None):
+    """``loss`` capped at ``loss_clip`` (a non-finite loss counts as the cap); unchanged
+    without one (``evaluation.loss_clip``)."""
+    if loss_clip is None:
+        return loss
+    return jnp.where(jnp.isfinite(loss), jnp.minimum(loss, loss_clip), loss_clip)
 
 
 def make_genome_evaluator(family, rule):
