@@ -227,12 +227,9 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> OuterLoop:
             f"rule.name: {cfg.rule['name']!r} is a fixed rule with nothing to evolve"
             " (use 'polynomial'; fixed rules are baselines in `evoplastic eval`)"
         )
-    if cfg.evaluation.loss_clip is not None and (
-        cfg.meta.optimizer == "gradient" or cfg.meta.truncation
-    ):
+    if cfg.evaluation.loss_clip is not None and cfg.meta.truncation:
         raise ConfigError(
-            "evaluation.loss_clip: only for ES over whole episodes"
-            " (not meta.optimizer: gradient or meta.truncation)"
+            "evaluation.loss_clip: only over whole episodes (not meta.truncation)"
         )
     if cfg.meta.optimizer == "gradient" or cfg.meta.truncation:
         missing = [m for m in ("init_inner", "inner_step", "score") if not hasattr(family, m)]
@@ -242,10 +239,10 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> OuterLoop:
                 f" ({', '.join(missing)}), which meta.optimizer: gradient and truncated"
                 " unrolls need"
             )
-        if getattr(family, "draws_horizons", False):
+        if cfg.meta.truncation and getattr(family, "draws_horizons", False):
             raise ConfigError(
-                "task.epochs_max: random horizons need whole-episode evaluation"
-                " (not meta.optimizer: gradient or meta.truncation)"
+                "meta.truncation: random horizons (task.epochs_max, shots_max,"
+                " support_size_max) need whole unrolls; set meta.truncation: 0"
             )
     if cfg.meta.optimizer == "gradient":
         return _gradient_outer(cfg, family, rule)
@@ -323,4 +320,5 @@ def _gradient_outer(cfg: Config, family, rule) -> GradientMeta:
         truncation=cfg.meta.truncation,
         remat=g.remat,
         shard_size=cfg.evaluation.shard_size,
+        loss_clip=cfg.evaluation.loss_clip,
     )

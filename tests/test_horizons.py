@@ -48,13 +48,22 @@ def test_instances_draw_different_horizons_within_bounds_and_test_keeps_fixed():
     shots = {s // 3 for _, s in drawn}  # 3 ways
     assert passes == {1, 2, 3, 4}
     assert shots == {2, 3, 4, 5}
-    with pytest.raises(ValueError, match="stepwise inner loop runs a fixed horizon"):
-        fam.init_inner(fam.sample(jax.random.PRNGKey(0), "train"))
+    assert fam.train_steps == 4 * 3 * 5 and fam.steps == 1 * 3 * 2  # longest horizon
     test = fam.sample(jax.random.PRNGKey(0), "test")
     assert test.active is None and test.xs.shape[0] == 3 * 2
     # held-out instances are those of the fixed-horizon family
     fixed = _family(shots=2, epochs=1).sample(jax.random.PRNGKey(0), "test")
     np.testing.assert_array_equal(test.xs, fixed.xs)
+
+
+def _stepwise_loss(genome, fam, rule, task):
+    """The query loss after the stepwise loop (``train_steps`` steps of a train instance)."""
+    steps = fam.train_steps if task.active is not None else task.xs.shape[0] * fam.epochs
+    state = jax.lax.fori_loop(
+        0, steps, lambda t, s: fam.inner_step(rule, genome, task, s, t),
+        fam.init_inner(task, rule=rule),
+    )  # fmt: skip
+    return fam.score(task, state)[0]
 
 
 @pytest.mark.parametrize(
@@ -92,6 +101,14 @@ def test_a_drawn_horizon_learns_exactly_the_short_task(name):
         got_b, _ = backprop_step(fam, opt, None, task)
         want_b, _ = backprop_step(short_fam, opt, None, short)
         np.testing.assert_allclose(got_b, want_b, rtol=1e-5, atol=1e-6)
+        # and so does the stepwise loop the meta-gradient unrolls (train_steps steps)
+        stepwise = _stepwise_loss(genome, fam, rule, task)
+        np.testing.assert_allclose(stepwise, want, rtol=1e-5, atol=1e-6)
+        if i == 0:  # its meta-gradient is the short instance's
+            g_masked = jax.grad(_stepwise_loss)(genome, fam, rule, task)
+            g_short = jax.grad(_stepwise_loss)(genome, short_fam, rule, short)
+            for a, b in zip(jax.tree.leaves(g_masked), jax.tree.leaves(g_short), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
         checked.add((passes, n_support // shots_of))
     assert len(checked) > 2  # several horizons were compared
     # the full stream differs from a short one: masking is what makes them equal
@@ -208,7 +225,12 @@ def test_mnist1d_draws_horizons_from_its_training_pool_only():
         assert task.active is None and task.xs.shape[0] == 3 * 2
 
 
-def test_horizons_with_a_stepwise_outer_loop_are_one_line():
+def test_horizons_with_truncated_unrolls_are_one_line():
     with pytest.raises(ConfigError) as err:
-        build(load("experiments/digits_horizons.yaml", ("meta.optimizer=gradient",)))
-    assert str(err.value).startswith("task.epochs_max: random horizons need whole-episode")
+        build(
+            load(
+                "experiments/digits_horizons.yaml",
+                ("meta.truncation=15", "meta.optimizer=gradient"),
+            )
+        )
+    assert str(err.value).startswith("meta.truncation: random horizons")

@@ -80,8 +80,48 @@ def test_bad_loss_clip_names_the_field(value):
         _exp(loss_clip=value)
 
 
-def test_loss_clip_is_for_es_over_whole_episodes():
+def test_loss_clip_is_for_whole_episodes():
     data = {"task": {"name": "pca"}, "evaluation": {"loss_clip": 1.0},
-            "meta": {"optimizer": "gradient"}}  # fmt: skip
-    with pytest.raises(ConfigError, match=r"^evaluation.loss_clip: only for ES over whole"):
+            "meta": {"optimizer": "gradient", "truncation": 10}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^evaluation.loss_clip: only over whole episodes"):
         build(config.parse(data))
+
+
+def test_meta_gradient_caps_each_instance_and_a_capped_one_adds_no_gradient():
+    """With the meta-gradient the cap is the ES fitness's: the loss is the capped mean, and
+    an instance above the cap contributes nothing to the gradient."""
+    grad_data = {"optimizer": "gradient", "gradient": {"remat": "none"}}
+    data = {"task": SIN, "network": NET, "rule": RULE, "meta": grad_data,
+            "evaluation": {"instances": 16}}  # fmt: skip
+    plain = build(config.parse(data))
+    clipped = build(config.parse({**data, "evaluation": {"instances": 16, "loss_clip": 25.0}}))
+    genome = _genome(plain, 0.03, 0.28)  # a few instances above 25, all finite
+    outer, key = plain.outer, jax.random.PRNGKey(5)
+    work, _ = outer.ask(outer.init(key), key, 0)
+    work = {**work, "genome": genome}
+    _, (per, _, _) = outer.shard_loss(genome, work, 0)
+    per = np.asarray(per)
+    assert np.isfinite(per).all() and (per > 25).any() and (per < 25).any()
+    got = clipped.outer.evaluate(work, 0)
+    np.testing.assert_allclose(got["loss"], np.minimum(per, 25.0).sum(), rtol=1e-5)
+    # the gradient is the sum over the instances below the cap only
+    below = per < 25.0
+
+    def kept_sum(g):
+        return jnp.sum(jnp.where(below, outer.shard_loss(g, work, 0)[1][0], 0.0))
+
+    want = jax.grad(kept_sum)(genome)
+    for a, b in zip(jax.tree.leaves(got["grad"]), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # instances that blow up to inf or nan count as the cap and leave the gradient finite;
+    # without the cap the step's loss is not finite (tell skips it)
+    wild = _genome(plain, 0.03, 0.4)  # 3 of 16 not finite, 3 below the cap
+    work = {**work, "genome": wild}
+    per = np.asarray(outer.shard_loss(wild, work, 0)[1][0])
+    assert (~np.isfinite(per)).any() and (per < 25).any()
+    got = clipped.outer.evaluate(work, 0)
+    expected = np.where(np.isfinite(per), np.minimum(per, 25.0), 25.0).sum()
+    np.testing.assert_allclose(got["loss"], expected, rtol=1e-5)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(got["grad"]))
+    assert any(np.abs(g).sum() > 0 for g in jax.tree.leaves(got["grad"]))
+    assert not np.isfinite(outer.evaluate(work, 0)["loss"])

@@ -64,8 +64,9 @@ class EvaluationConfig:
 
     ``loss_clip``: cap each meta-training instance's loss at this value before the mean (a
     non-finite loss counts as the cap), so that a few instances that blow up cost a bounded
-    amount instead of ranking the member last; none (default): the plain mean. ES over
-    whole episodes only; held-out figures are never clipped.
+    amount instead of ranking the member last; none (default): the plain mean. Whole
+    episodes only (ES, or the meta-gradient, where an instance above the cap adds no
+    gradient; not ``meta.truncation``); held-out figures are never clipped.
     """
 
     instances: int = 8

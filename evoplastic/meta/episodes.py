@@ -1,6 +1,7 @@
 """The truncated step shared by the meta-gradient and the truncated evolution strategies.
 
-An inner loop of ``family.steps`` steps is cut into ``segments`` truncations of
+An inner loop of ``family.steps`` steps (``train_steps`` where meta-training instances
+draw random horizons) is cut into ``segments`` truncations of
 ``length`` steps (``truncation``; 0 runs the whole loop as one segment). Generation ``g``
 runs segment ``g % segments`` of an *episode* that began at generation
 ``first = g - g % segments``; every generation of an episode meets the same task
@@ -26,6 +27,12 @@ import jax.numpy as jnp
 
 from .base import generation_keys
 from .unroll import unroll_instance
+
+
+def train_steps(family) -> int:
+    """Inner steps of a meta-training instance (``family.train_steps`` where the family
+    draws random horizons, else ``family.steps``)."""
+    return getattr(family, "train_steps", family.steps)
 
 
 def episode(generation, segments: int):
@@ -59,12 +66,12 @@ class Episodes:
     @property
     def length(self) -> int:
         """Inner steps run per generation."""
-        return self.truncation or self.family.steps
+        return self.truncation or train_steps(self.family)
 
     @property
     def segments(self) -> int:
         """Truncations per inner loop (1 without truncation)."""
-        return self.family.steps // self.truncation if self.truncation else 1
+        return train_steps(self.family) // self.truncation if self.truncation else 1
 
     def position(self, run_key, generation) -> tuple[jax.Array, jax.Array]:
         """``(episode key, segment index)`` of a generation."""

@@ -35,6 +35,7 @@ Ray runs with the same ``evaluation.shard_size`` are bit-identical.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from ..tasks.evaluation import clip_loss
 from .base import INIT_FOLD, OuterLoop, join_shards, strong_types
 from .episodes import EpisodicLoop, episode, take_rows
 from .strategies import StrategyError
@@ -89,6 +91,8 @@ class GradientMeta(EpisodicLoop, OuterLoop):
       truncation: inner steps per generation, or 0 for whole unrolls.
       remat: the unroll's checkpointing policy.
       shard_size: instances per shard (``None``: all at once).
+      loss_clip: each instance's loss capped at this value before the mean
+        (``evaluation.loss_clip``; an instance above it adds no gradient); ``None``: no cap.
     """
 
     family: Any
@@ -99,6 +103,7 @@ class GradientMeta(EpisodicLoop, OuterLoop):
     truncation: int = 0
     remat: str = "nested"
     shard_size: int | None = None
+    loss_clip: float | None = None
 
     @property
     def units(self) -> int:
@@ -133,26 +138,60 @@ class GradientMeta(EpisodicLoop, OuterLoop):
         work = {"genome": state.genome, "key": key, "segment": seg, "inner": state.inner}
         return work, state
 
-    def shard_loss(self, genome, work, shard):
-        """``(sum of the losses of the shard's instances, (losses, metrics, inner))``.
-
-        Padding rows repeat the last instance and are left out of the sum.
-        """
+    def _shard(self, work, shard):
+        """The shard's instance indices (padding rows repeat the last instance), which of
+        them are real, their tasks and the states their segment starts from."""
         ep = self.episodes
         index = shard * self.batch + jnp.arange(self.batch)
         valid = index < self.instances
         index = jnp.minimum(index, self.instances - 1)
         tasks = ep.tasks(work["key"], index)
         inner = ep.start(tasks, take_rows(work["inner"], index), work["segment"])
-        losses, metrics, inner = ep.run(
-            self.rule, genome, tasks, inner, work["segment"], self.remat
+        return valid, tasks, inner
+
+    def _instance_loss(self, genome, task, state, seg):
+        """``(capped loss, (loss, metrics, state))`` of one instance's segment."""
+        length = self.episodes.length
+        loss, metrics, state = unroll_instance(
+            self.family, self.rule, genome, task, state, seg * length, length, self.remat
         )
-        return jnp.sum(jnp.where(valid, losses, 0.0)), (losses, metrics, inner)
+        return clip_loss(loss, self.loss_clip), (loss, metrics, state)
+
+    def shard_loss(self, genome, work, shard):
+        """``(sum of the shard's capped losses, (losses, metrics, inner))``.
+
+        Padding rows are left out of the sum.
+        """
+        valid, tasks, inner = self._shard(work, shard)
+        capped, aux = jax.vmap(self._instance_loss, in_axes=(None, 0, 0, None))(
+            genome, tasks, inner, work["segment"]
+        )
+        return jnp.sum(jnp.where(valid, capped, 0.0)), aux
 
     def evaluate(self, work, shard):
-        """The shard's loss sum, the gradient of that sum, per-instance metrics and states."""
-        grad_fn = jax.value_and_grad(self.shard_loss, has_aux=True)
-        (loss, (_, metrics, inner)), grad = grad_fn(work["genome"], work, shard)
+        """The shard's loss sum, the gradient of that sum, per-instance metrics and states.
+
+        The gradient is taken instance by instance and summed. With ``loss_clip`` an
+        instance that blows up adds the cap to the loss and, where its gradient is not
+        finite, nothing to the gradient; without it the sum is not finite and ``tell``
+        skips the step.
+        """
+        valid, tasks, inner = self._shard(work, shard)
+        grad_one = jax.value_and_grad(self._instance_loss, has_aux=True)
+        (capped, (_, metrics, inner)), grads = jax.vmap(grad_one, in_axes=(None, 0, 0, None))(
+            work["genome"], tasks, inner, work["segment"]
+        )
+        keep = valid
+        if self.loss_clip is not None:
+            finite = [
+                jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), -1) for g in jax.tree.leaves(grads)
+            ]
+            keep = keep & functools.reduce(jnp.logical_and, finite)
+        grad = jax.tree.map(
+            lambda g: jnp.sum(jnp.where(keep.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), 0),
+            grads,
+        )
+        loss = jnp.sum(jnp.where(valid, capped, 0.0))
         return {"loss": loss, "grad": grad, "metrics": metrics, "inner": inner}
 
     def meta_loss(self, genome, tasks, inner, start, length: int):

@@ -171,19 +171,27 @@ class _Supervised:
         """Inner-loop steps: ``epochs * support_size``."""
         return self.epochs * self.support_size
 
+    @property
+    def train_steps(self) -> int:
+        """Inner-loop steps of a meta-training instance: ``steps``, or with random horizons
+        the longest horizon (the maximum passes over the maximum support set; the steps
+        beyond an instance's drawn horizon leave its state as it was)."""
+        if not self.draws_horizons:
+            return self.steps
+        base = getattr(self, self.shots_name)
+        support = self.support_size // base * max(base, self.shots_max_value)
+        return max(self.epochs, self.epochs_max) * support
+
     # The stepwise inner-loop API (meta-gradients, truncated unrolls). ``inner_loop`` equals
-    # ``init_inner``, ``inner_step`` for t = 0 .. steps - 1, and ``score``; step ``t`` sees
-    # support example ``t % support_size`` (the stream repeats the support set every epoch).
+    # ``init_inner``, ``inner_step`` for t = 0 .. steps - 1 (``train_steps`` for a
+    # meta-training instance), and ``score``; step ``t`` sees support example ``t % K`` for
+    # the instance's K support examples (the stream repeats the support set every epoch),
+    # and a step beyond a drawn horizon leaves the state as it was.
 
     def init_inner(self, task: SupervisedTask, key=None, rule=None):
         """The network state before step 0: the instance's random initial weights (and
         ``rule``'s initial state, which a stateful rule needs)."""
         del key
-        if task.active is not None:
-            raise ValueError(
-                "task.epochs_max: the stepwise inner loop runs a fixed horizon; instances"
-                " with a drawn horizon need inner_loop"
-            )
         return self.network.init(task.weight_key, rule)
 
     def inner_step(self, rule, genome, task: SupervisedTask, state, t):
@@ -196,11 +204,14 @@ class _Supervised:
             init = tuple(rule.weights(genome))
             ws = tuple(jnp.where(t == 0, w0, w) for w0, w in zip(init, state.ws, strict=True))
             state = state.replace(ws=ws)
-        i = t % self.support_size
+        i = t % task.xs.shape[0]
         x, target, m = task.xs[i], task.ys[i], task.mask[i]
         acts = self.network.forward(state.ws, x)
         err = m * self.error(acts[-1], target)
-        return self.network.plasticity(state, acts, rule, genome, error=err)
+        new = self.network.plasticity(state, acts, rule, genome, error=err)
+        if task.active is None:
+            return new
+        return _keep_if(task.active.reshape(-1)[t], new, state)
 
     def score(self, task: SupervisedTask, state):
         """``(loss, metrics)`` on the query set of a network state."""
