@@ -476,7 +476,16 @@ def _run_genome(run_dir: Path, exp):
     type=click.Path(path_type=Path, dir_okay=False),
     help="With --sweep: where to draw the figure (default RUN_DIR/sweep_PARAM.png).",
 )
-def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path):
+@click.option(
+    "--also",
+    "others",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="RUN",
+    help="With --sweep: also evaluate RUN's rule, alone, at every value (repeatable; e.g. the "
+    "other seeds of the config); the baselines are RUN_DIR's.",
+)
+def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path, others):
     """Evaluate a run's rule on held-out instances, next to Oja's and Hebb's rules.
 
     TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension;
@@ -491,10 +500,14 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path):
     source_cfg = _run_dir_config(run_dir)
     warn_if_changed(run_dir, lambda m: click.echo(f"warning: {m}", err=True))
     if sweep is not None:
-        _eval_sweep(run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path)
+        others = [(other, _run_dir_config(other)) for other in others]
+        _eval_sweep(
+            run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path, others
+        )
         return
-    if plot_path is not None:
-        _fail("--plot draws a sweep: give --sweep TASK_PARAM=V1,V2,... with it")
+    if plot_path is not None or others:
+        flag = "--plot" if plot_path is not None else "--also"
+        _fail(f"{flag} goes with a sweep: give --sweep TASK_PARAM=V1,V2,... with it")
     try:
         cfg, task = evaluation.config_with_task(run_dir, overrides)
     except ConfigError as err:
@@ -540,14 +553,20 @@ def _eval_genome(run_dir, source_cfg, exp):
         _fail(str(err))
 
 
-def _eval_sweep(run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path):
-    """``eval --sweep``: every value's config is checked before anything is evaluated or
-    written; then a table (or JSON) and the figure."""
+def _eval_sweep(
+    run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path, others=()
+):
+    """``eval --sweep``: every value's config (the other runs' too) is checked before
+    anything is evaluated or written; then a table (or JSON) and the figure."""
     from .analysis import evaluation
     from .config import ConfigError
 
     try:
         param, configs = evaluation.sweep_configs(run_dir, sweep, overrides)
+        other_configs = [
+            (other, cfg, evaluation.sweep_configs(other, sweep, overrides)[1])
+            for other, cfg in others
+        ]
     except ConfigError as err:
         _fail(str(err))
     name = param.removeprefix("task.")
@@ -562,6 +581,14 @@ def _eval_sweep(run_dir, source_cfg, sweep, overrides, instances, as_json, which
             exp, genome = _distilled(run_dir, exp.config, genome)
         click.echo(f"{name}={value}: evaluating on {instances} held-out instances", err=True)
         by_value[value] = evaluation.evaluate_run(exp, genome, instances)
+    for other, other_source, per_value in other_configs:
+        for value, cfg in per_value:
+            exp = _build(cfg)
+            genome = _eval_genome(other, other_source, exp)
+            if which == "distilled":
+                exp, genome = _distilled(other, exp.config, genome)
+            click.echo(f"{name}={value}: {other}'s rule", err=True)
+            by_value[value][f"evolved ({other})"] = evaluation.evaluate_rule(exp, genome, instances)
     from .analysis.plots import sweep_curves
 
     metric = evaluation.headline_metric(next(iter(by_value.values())))

@@ -228,9 +228,7 @@ def _build_outer(cfg: Config, family, rule: rules.Rule) -> OuterLoop:
             " (use 'polynomial'; fixed rules are baselines in `evoplastic eval`)"
         )
     if cfg.evaluation.loss_clip is not None and cfg.meta.truncation:
-        raise ConfigError(
-            "evaluation.loss_clip: only over whole episodes (not meta.truncation)"
-        )
+        raise ConfigError("evaluation.loss_clip: only over whole episodes (not meta.truncation)")
     if cfg.meta.optimizer == "gradient" or cfg.meta.truncation:
         missing = [m for m in ("init_inner", "inner_step", "score") if not hasattr(family, m)]
         if missing:

@@ -46,14 +46,40 @@ def test_sweep_evaluates_every_value_and_draws_the_figure(oja_run, tmp_path, cap
     assert oja[2] == f"{loss['mean']:.4g} ± {loss['ci95']:.2g}" and oja[3] == "0"
 
 
+def test_also_evaluates_other_runs_rules_alone_at_every_value(oja_run, tmp_path, capsys):
+    """``--also RUN``: another run's rule (here Hebb's, ``dw = pre*post``) at every value
+    beside the first run's rule and baselines, a row of the table and a line of the figure."""
+    hebb = tmp_path / "hebb"
+    fake_run(hebb, small_config(), jnp.array([1.0, 0.0, 0.0, 0.0]))
+    figure = tmp_path / "dims.png"
+    argv = ["eval", str(oja_run), "--sweep", "dim=3,6", "--instances", "6", "--json"]
+    assert call([*argv, "--also", str(hebb), "--plot", str(figure)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    name = f"evolved ({hebb})"
+    for value in ("3", "6"):
+        rules = report["values"][value]
+        assert list(rules)[0] == "evolved" and name in rules and rules[name]["loss"]["n"] == 6
+        # Hebb's rule scores what the fixed hebb baseline scores on the same instances
+        for stat in ("mean", "median"):
+            assert rules[name]["alignment"][stat] == pytest.approx(
+                rules["hebb"]["alignment"][stat], abs=1e-5
+            )
+        assert rules[name]["alignment"]["mean"] != rules["evolved"]["alignment"]["mean"]
+    _, rows = evaluation.sweep_table("task.dim", report["values"])
+    assert name in [row[0] for row in rows]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["--also", "x"], "--also goes with a sweep"),
+        (["--sweep", "dim=4,8", "--also", "/nonexistent"], "/nonexistent"),
         (["--sweep", "dim=4"], "two values at least"),
         (["--sweep", "dim"], "expected TASK_PARAM=V1,V2"),
         (["--sweep", "dimm=4,8"], "task.dimm: unknown key"),
         (["--sweep", "dim=4,-1"], "task.dim"),
-        (["--plot", "x.png"], "--plot draws a sweep"),
+        (["--plot", "x.png"], "--plot goes with a sweep"),
         (["--sweep", "dim=4,8", "--plot", "/nonexistent/x.png"], "does not exist"),
     ],
 )

@@ -226,17 +226,18 @@ def test_patterns_lstm_baseline_stays_below_the_plastic_network():
 
 
 @pytest.mark.slow  # digits with a network per synapse: about a minute on 2 cores
-def test_stateful_rule_beats_the_stateless_mlp_rule_of_its_size_on_digits():
+@pytest.mark.parametrize("suffix", ["_horizons", ""])  # the results page's pair; one horizon
+def test_stateful_rule_beats_the_stateless_mlp_rule_of_its_size_on_digits(suffix):
     """Target: the stateful rule (GRU cell, 117 parameters) beats the stateless MLP rule of
     the same signals and size (115 parameters) on unseen digits, beyond both intervals."""
     got = {}
-    for name in ("digits_stateful", "digits_mlp"):
+    for name in (f"digits_stateful{suffix}", f"digits_mlp{suffix}"):
         results, committed = _evaluate(name)
         acc = results["trained"]["evolved"]["accuracy"]
         want = committed["trained"]["evolved"]["accuracy"]["mean"]
         assert acc["mean"] == pytest.approx(want, rel=1e-3), name
         got[name] = acc
-    s, m = got["digits_stateful"], got["digits_mlp"]
+    s, m = got[f"digits_stateful{suffix}"], got[f"digits_mlp{suffix}"]
     assert s["mean"] - s["ci95"] > m["mean"] + m["ci95"], (s, m)
 
 

@@ -85,6 +85,15 @@ def evaluate_run(exp, genome, instances: int) -> dict:
     return results
 
 
+def evaluate_rule(exp, genome, instances: int) -> dict:
+    """``{metric: summary}`` of the rule alone on the trained task's held-out instances."""
+    from ..tasks.evaluation import evaluate_genome
+    from .report import summarize
+
+    raw = evaluate_genome(exp.family, exp.rule, genome, instances)
+    return {k: summarize(v) for k, v in raw.items()}
+
+
 def table(results: dict) -> tuple[list[str], list[list[str]]]:
     """``(columns, rows)``: per rule, mean ± 95% interval and median of each metric, and the
     number of diverged (non-finite) instances."""

@@ -277,7 +277,7 @@ def sweep_curves(param: str, by_value: dict, metric: str, path: Path, title: str
     for name in next(iter(by_value.values())):
         mean = np.array([by_value[v][name][metric]["mean"] for v in values], float)
         half = np.array([by_value[v][name][metric]["ci95"] for v in values], float)
-        width = 2.5 if name == "evolved" else 1.2
+        width = 2.5 if name.startswith("evolved") else 1.2
         (line,) = ax.plot(xs, mean, "o-", lw=width, label=name)
         ax.fill_between(xs, mean - half, mean + half, color=line.get_color(), alpha=0.15)
     if ticks is not None:
