@@ -22,52 +22,38 @@ def oja_run(tmp_path):
 
 
 def test_sweep_evaluates_every_value_and_draws_the_figure(oja_run, tmp_path, capsys):
-    figure = tmp_path / "dims.png"
-    argv = ["eval", str(oja_run), "--sweep", "dim=3,6", "--instances", "6", "--json"]
-    assert call([*argv, "--plot", str(figure)]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["sweep"] == "task.dim" and list(report["values"]) == ["3", "6"]
-    for value in ("3", "6"):
-        rules = report["values"][value]
-        assert rules["evolved"]["loss"]["n"] == 6
-        # the run's rule is Oja's: at every value it scores what the fixed Oja rule scores
-        for stat in ("mean", "median"):
-            assert rules["evolved"]["alignment"][stat] == pytest.approx(
-                rules["oja"]["alignment"][stat], abs=1e-5
-            )
-    # the task really changed between values (a 3-dim and a 6-dim problem differ)
-    assert report["values"]["3"]["random"]["loss"] != report["values"]["6"]["random"]["loss"]
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the table the command prints without --json: a row per rule, a column per value
-    columns, rows = evaluation.sweep_table("task.dim", report["values"])
-    assert columns == ["rule", "dim=3 loss", "dim=6 loss", "diverged"]
-    oja = next(row for row in rows if row[0] == "oja")
-    loss = report["values"]["6"]["oja"]["loss"]
-    assert oja[2] == f"{loss['mean']:.4g} ± {loss['ci95']:.2g}" and oja[3] == "0"
-
-
-def test_also_evaluates_other_runs_rules_alone_at_every_value(oja_run, tmp_path, capsys):
-    """``--also RUN``: another run's rule (here Hebb's, ``dw = pre*post``) at every value
-    beside the first run's rule and baselines, a row of the table and a line of the figure."""
+    """The run's rule and every baseline at every value, a table and a figure; ``--also
+    RUN`` adds another run's rule (here Hebb's, ``dw = pre*post``), alone, at every value."""
     hebb = tmp_path / "hebb"
     fake_run(hebb, small_config(), jnp.array([1.0, 0.0, 0.0, 0.0]))
     figure = tmp_path / "dims.png"
     argv = ["eval", str(oja_run), "--sweep", "dim=3,6", "--instances", "6", "--json"]
     assert call([*argv, "--also", str(hebb), "--plot", str(figure)]) == 0
     report = json.loads(capsys.readouterr().out)
-    name = f"evolved ({hebb})"
+    assert report["sweep"] == "task.dim" and list(report["values"]) == ["3", "6"]
+    also = f"evolved ({hebb})"
     for value in ("3", "6"):
         rules = report["values"][value]
-        assert list(rules)[0] == "evolved" and name in rules and rules[name]["loss"]["n"] == 6
-        # Hebb's rule scores what the fixed hebb baseline scores on the same instances
-        for stat in ("mean", "median"):
-            assert rules[name]["alignment"][stat] == pytest.approx(
-                rules["hebb"]["alignment"][stat], abs=1e-5
-            )
-        assert rules[name]["alignment"]["mean"] != rules["evolved"]["alignment"]["mean"]
-    _, rows = evaluation.sweep_table("task.dim", report["values"])
-    assert name in [row[0] for row in rows]
+        assert list(rules)[0] == "evolved" and rules["evolved"]["loss"]["n"] == 6
+        assert rules[also]["loss"]["n"] == 6
+        # the run's rule is Oja's and the other run's Hebb's: at every value each scores
+        # what the fixed rule scores on the same instances
+        for name, fixed in (("evolved", "oja"), (also, "hebb")):
+            for stat in ("mean", "median"):
+                assert rules[name]["alignment"][stat] == pytest.approx(
+                    rules[fixed]["alignment"][stat], abs=1e-5
+                )
+        assert rules[also]["alignment"]["mean"] != rules["evolved"]["alignment"]["mean"]
+    # the task really changed between values (a 3-dim and a 6-dim problem differ)
+    assert report["values"]["3"]["random"]["loss"] != report["values"]["6"]["random"]["loss"]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the table the command prints without --json: a row per rule, a column per value
+    columns, rows = evaluation.sweep_table("task.dim", report["values"])
+    assert columns == ["rule", "dim=3 loss", "dim=6 loss", "diverged"]
+    assert also in [row[0] for row in rows]
+    oja = next(row for row in rows if row[0] == "oja")
+    loss = report["values"]["6"]["oja"]["loss"]
+    assert oja[2] == f"{loss['mean']:.4g} ± {loss['ci95']:.2g}" and oja[3] == "0"
 
 
 @pytest.mark.parametrize(
