@@ -260,7 +260,8 @@ def train(
                     save(done, state)
                     raise SearchDiverged(
                         f"generation {g}: {SKIP_STOP} meta-gradient steps in a row were not"
-                        " finite and were skipped (the rule makes the inner loop diverge on"
+                        " finite (or had every instance at evaluation.loss_clip) and were"
+                        " skipped (the rule makes the inner loop diverge on"
                         " the meta-training instances, so the genome cannot move); start"
                         " from gentler rules: lower strategy.std_init, rule.init_scale or"
                         " network.lr, or clip the weights"

@@ -125,3 +125,16 @@ def test_meta_gradient_caps_each_instance_and_a_capped_one_adds_no_gradient():
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(got["grad"]))
     assert any(np.abs(g).sum() > 0 for g in jax.tree.leaves(got["grad"]))
     assert not np.isfinite(outer.evaluate(work, 0)["loss"])
+    # every instance at the cap: no gradient, and the step is skipped (genome and optimizer
+    # state kept) instead of letting Adam's momentum move the genome
+    gone = _genome(plain, 0.03, 1.5)
+    state = clipped.outer.init(key)
+    state = state.replace(genome=gone)
+    work = {**work, "genome": gone}
+    results = clipped.outer.evaluate(work, 0)
+    assert float(results["loss"]) == pytest.approx(25.0 * 16)
+    stacked = jax.tree.map(lambda x: x[None], results)  # one shard
+    new_state, metrics = clipped.outer.tell(state, work, stacked, key, 0)
+    assert int(metrics["nonfinite"]) == 1 and int(new_state.skipped) == 1
+    for a, b in zip(jax.tree.leaves(new_state.genome), jax.tree.leaves(gone), strict=True):
+        np.testing.assert_array_equal(a, b)

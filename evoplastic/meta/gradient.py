@@ -18,7 +18,8 @@ The unroll uses :func:`evoplastic.meta.unroll.unroll`, whose ``remat`` policy bo
 reverse-mode memory on long unrolls. The gradient is clipped to a global norm before the
 optax step. A step whose loss or gradient is not finite is skipped: neither the genome nor
 the optimizer state changes, and it is counted (``nonfinite`` in the metrics, ``skipped``
-in the state).
+in the state). With ``loss_clip`` a step whose every instance is at the cap (no gradient)
+is skipped too.
 
 Keys follow the ES path: generation ``g`` uses ``eval_key = generation_keys(run_key, g)[1]``
 and instance ``j`` ``fold_in(eval_key, j)``; a truncated episode uses the evaluation key of
@@ -220,6 +221,8 @@ class GradientMeta(EpisodicLoop, OuterLoop):
         inner = join_shards(results["inner"], n)
         grad_norm = optax.tree.norm(grad)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if self.loss_clip is not None:  # every instance at the cap: no gradient, and Adam's
+            ok = ok & (grad_norm > 0)  # momentum alone would move the genome on no information
         updates, opt_state = self.optimizer.update(grad, state.opt_state, state.genome)
         genome = optax.apply_updates(state.genome, updates)
 
