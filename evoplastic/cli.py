@@ -485,7 +485,13 @@ def _run_genome(run_dir: Path, exp):
     help="With --sweep: also evaluate RUN's rule, alone, at every value (repeatable; e.g. the "
     "other seeds of the config); the baselines are RUN_DIR's.",
 )
-def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path, others):
+@click.option(
+    "--no-baselines",
+    "no_baselines",
+    is_flag=True,
+    help="The rule (and --also's rules) alone: no fixed rules, no tuned SGD/Adam.",
+)
+def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path, others, no_baselines):
     """Evaluate a run's rule on held-out instances, next to Oja's and Hebb's rules.
 
     TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension;
@@ -502,7 +508,16 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path, other
     if sweep is not None:
         others = [(other, _run_dir_config(other)) for other in others]
         _eval_sweep(
-            run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path, others
+            run_dir,
+            source_cfg,
+            sweep,
+            overrides,
+            instances,
+            as_json,
+            which,
+            plot_path,
+            others,
+            not no_baselines,
         )
         return
     if plot_path is not None or others:
@@ -516,7 +531,7 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path, other
     genome = _eval_genome(run_dir, source_cfg, exp)
     if which == "distilled":
         exp, genome = _distilled(run_dir, cfg, genome)
-    results = evaluation.evaluate_run(exp, genome, instances)
+    results = evaluation.evaluate_run(exp, genome, instances, not no_baselines)
     if as_json:
         from .trainer import _json_safe
 
@@ -554,7 +569,16 @@ def _eval_genome(run_dir, source_cfg, exp):
 
 
 def _eval_sweep(
-    run_dir, source_cfg, sweep, overrides, instances, as_json, which, plot_path, others=()
+    run_dir,
+    source_cfg,
+    sweep,
+    overrides,
+    instances,
+    as_json,
+    which,
+    plot_path,
+    others=(),
+    baselines=True,
 ):
     """``eval --sweep``: every value's config (the other runs' too) is checked before
     anything is evaluated or written; then a table (or JSON) and the figure."""
@@ -580,7 +604,7 @@ def _eval_sweep(
         if which == "distilled":
             exp, genome = _distilled(run_dir, exp.config, genome)
         click.echo(f"{name}={value}: evaluating on {instances} held-out instances", err=True)
-        by_value[value] = evaluation.evaluate_run(exp, genome, instances)
+        by_value[value] = evaluation.evaluate_run(exp, genome, instances, baselines)
     for other, other_source, per_value in other_configs:
         for value, cfg in per_value:
             exp = _build(cfg)
@@ -598,7 +622,9 @@ def _eval_sweep(
         from .trainer import _json_safe
 
         report = {"run_dir": str(run_dir), "instances": instances, "sweep": param}
-        click.echo(json.dumps(_json_safe(report | {"values": by_value}), indent=2))
+        keeps = {n: evaluation.keeps_learning(by_value, n) for n in next(iter(by_value.values()))}
+        report |= {"values": by_value, "keeps_learning": keeps}
+        click.echo(json.dumps(_json_safe(report), indent=2))
     else:
         from rich.console import Console
         from rich.table import Table

@@ -49,11 +49,34 @@ def test_sweep_evaluates_every_value_and_draws_the_figure(oja_run, tmp_path, cap
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the table the command prints without --json: a row per rule, a column per value
     columns, rows = evaluation.sweep_table("task.dim", report["values"])
-    assert columns == ["rule", "dim=3 loss", "dim=6 loss", "diverged"]
+    assert columns == ["rule", "dim=3 loss", "dim=6 loss", "diverged", "keeps learning"]
     assert also in [row[0] for row in rows]
     oja = next(row for row in rows if row[0] == "oja")
     loss = report["values"]["6"]["oja"]["loss"]
     assert oja[2] == f"{loss['mean']:.4g} ± {loss['ci95']:.2g}" and oja[3] == "0"
+    # keeps learning: nothing diverged and the loss at every later value at most the first's
+    for name, keeps in report["keeps_learning"].items():
+        losses = [report["values"][v][name]["loss"] for v in ("3", "6")]
+        want = all(x["nonfinite"] == 0 for x in losses) and losses[1]["mean"] <= losses[0]["mean"]
+        assert keeps == want, name
+        assert next(row for row in rows if row[0] == name)[-1] == ("yes" if want else "no")
+    assert set(report["keeps_learning"].values()) == {True, False}  # both verdicts occur
+
+
+def test_no_baselines_evaluates_the_rules_alone(oja_run, tmp_path, capsys):
+    """``--no-baselines``: the run's rule and ``--also``'s, nothing else, same figures."""
+    hebb = tmp_path / "hebb"
+    fake_run(hebb, small_config(), jnp.array([1.0, 0.0, 0.0, 0.0]))
+    argv = ["eval", str(oja_run), "--sweep", "dim=3,6", "--instances", "6", "--json"]
+    assert (
+        call([*argv, "--also", str(hebb), "--no-baselines", "--plot", str(tmp_path / "a.png")]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    for value in ("3", "6"):
+        assert list(report["values"][value]) == ["evolved", f"evolved ({hebb})"]
+    assert call(["eval", str(oja_run), "--instances", "6", "--json", "--no-baselines"]) == 0
+    alone = json.loads(capsys.readouterr().out)["rules"]
+    assert list(alone) == ["evolved"] and alone["evolved"]["loss"]["n"] == 6
 
 
 @pytest.mark.parametrize(

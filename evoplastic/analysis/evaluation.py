@@ -65,8 +65,9 @@ def config_with_task(run_dir: Path, items) -> tuple[Config, dict]:
     return cfg, changes
 
 
-def evaluate_run(exp, genome, instances: int) -> dict:
-    """``{rule: {metric: summary}}`` of the run's rule and the baselines on the trained task.
+def evaluate_run(exp, genome, instances: int, baselines: bool = True) -> dict:
+    """``{rule: {metric: summary}}`` of the run's rule and the baselines on the trained task
+    (``baselines=False``: the rule alone, as ``evolved``).
 
     A supervised task on a network with hidden layers also gets layer-local training
     (``local_sgd``, ``local_adam``: each layer by backprop through its own head, tuned like
@@ -75,6 +76,8 @@ def evaluate_run(exp, genome, instances: int) -> dict:
     from .baselines import evaluate_layer_local, supports_backprop
     from .report import evaluate_final, summarize
 
+    if not baselines:
+        return {"evolved": evaluate_rule(exp, genome, instances)}
     results = evaluate_final(exp, genome, instances)["trained"]
     family = exp.family
     if supports_backprop(family) and len(getattr(family.network, "sizes", ())) > 2:
@@ -143,13 +146,30 @@ def headline_metric(results: dict) -> str:
     return "accuracy" if "accuracy" in metrics else "loss"
 
 
+def keeps_learning(by_value: dict, name: str) -> bool:
+    """Whether rule ``name`` diverges at no value of a sweep and its headline metric at every
+    later value is at least (accuracy) or at most (loss) its figure at the first value."""
+    first = next(iter(by_value.values()))
+    metric = headline_metric(first)
+    start = first[name][metric]["mean"]
+    for results in by_value.values():
+        res = results[name]
+        mean = res[metric]["mean"]
+        if res["loss"]["nonfinite"] or not mean == mean:  # a diverged instance, or no figure
+            return False
+        if (mean < start) if metric == "accuracy" else (mean > start):
+            return False
+    return True
+
+
 def sweep_table(param: str, by_value: dict) -> tuple[list[str], list[list[str]]]:
-    """``(columns, rows)``: per rule, the headline metric's mean ± 95% interval at every value
-    and the diverged instances summed over values."""
+    """``(columns, rows)``: per rule, the headline metric's mean ± 95% interval at every value,
+    the diverged instances summed over values, and whether it keeps learning
+    (:func:`keeps_learning`: the first value taken as the rule's own horizon)."""
     first = next(iter(by_value.values()))
     metric = headline_metric(first)
     columns = ["rule", *(f"{param.removeprefix('task.')}={v} {metric}" for v in by_value)]
-    columns.append("diverged")
+    columns += ["diverged", "keeps learning"]
     rows = []
     for name in first:
         row = [name]
@@ -157,6 +177,7 @@ def sweep_table(param: str, by_value: dict) -> tuple[list[str], list[list[str]]]
             s = results[name][metric]
             row.append(f"{s['mean']:.4g} ± {s['ci95']:.2g}")
         row.append(str(sum(r[name]["loss"]["nonfinite"] for r in by_value.values())))
+        row.append("yes" if keeps_learning(by_value, name) else "no")
         rows.append(row)
     return columns, rows
 
