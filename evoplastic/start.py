@@ -204,7 +204,7 @@ def select_scores(exp, genomes) -> tuple[str, list[dict]]:
     (the key is drawn from the config's seed; held-out instances are never used); ``by``:
     ``"accuracy"`` where there is one, else ``"loss"``. A non-finite score is ``None``."""
     from .experiment import _fitness
-    from .tasks.evaluation import clip_loss
+    from .tasks.evaluation import train_scores
 
     family, rule = exp.family, exp.rule
     key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), 0x5E1EC7)
@@ -215,14 +215,8 @@ def select_scores(exp, genomes) -> tuple[str, list[dict]]:
 
     @jax.jit
     def scores(genome):
-        def one(j):
-            k = jax.random.fold_in(key, j)
-            loss, metrics = family.inner_loop(rule, genome, family.sample(k, "train"), k)
-            return clip_loss(loss, clip), metrics.get("accuracy", jnp.nan)
-
-        loss, accuracy = jax.vmap(one)(jnp.arange(SELECT_INSTANCES))
-        loss = jnp.mean(loss)
-        return (loss if rule.penalty is None else loss + rule.penalty(genome)), jnp.mean(accuracy)
+        loss, metrics = train_scores(family, rule, genome, key, SELECT_INSTANCES, clip)
+        return loss, metrics.get("accuracy", jnp.nan)
 
     out = []
     for genome in genomes:

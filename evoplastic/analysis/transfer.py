@@ -66,8 +66,7 @@ def carried_rule(run_dir, items, instances: int = 100) -> dict:
     """``{metric: summary}`` of a run's rule, carried unchanged to the changed task."""
     from ..config import parse, safe_load
     from ..experiment import build
-    from ..tasks import evaluate_genome
-    from .evaluation import carry_genome, config_with_task
+    from .evaluation import carry_genome, config_with_task, evaluate_rule
 
     run_dir = Path(run_dir)
     source = build(parse(safe_load((run_dir / "config.yaml").read_text())))
@@ -75,8 +74,7 @@ def carried_rule(run_dir, items, instances: int = 100) -> dict:
     genome = source.unflatten_genome(flat)
     cfg, _ = config_with_task(run_dir, items)
     exp = build(cfg)
-    raw = evaluate_genome(exp.family, exp.rule, carry_genome(source, genome, exp), instances)
-    return {k: summarize(v) for k, v in raw.items()}
+    return evaluate_rule(exp, carry_genome(source, genome, exp), instances)
 
 
 def main(argv=None) -> int:

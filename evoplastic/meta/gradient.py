@@ -158,36 +158,42 @@ class GradientMeta(EpisodicLoop, OuterLoop):
         )
         return clip_loss(loss, self.loss_clip), (loss, metrics, state)
 
+    def _masked_sum(self, genome, valid, tasks, inner, seg):
+        """``(sum of the real instances' capped losses, (losses, metrics, inner))``."""
+        capped, aux = jax.vmap(self._instance_loss, in_axes=(None, 0, 0, None))(
+            genome, tasks, inner, seg
+        )
+        return jnp.sum(jnp.where(valid, capped, 0.0)), aux
+
     def shard_loss(self, genome, work, shard):
         """``(sum of the shard's capped losses, (losses, metrics, inner))``.
 
         Padding rows are left out of the sum.
         """
-        valid, tasks, inner = self._shard(work, shard)
-        capped, aux = jax.vmap(self._instance_loss, in_axes=(None, 0, 0, None))(
-            genome, tasks, inner, work["segment"]
-        )
-        return jnp.sum(jnp.where(valid, capped, 0.0)), aux
+        return self._masked_sum(genome, *self._shard(work, shard), work["segment"])
 
     def evaluate(self, work, shard):
         """The shard's loss sum, the gradient of that sum, per-instance metrics and states.
 
-        The gradient is taken instance by instance and summed. With ``loss_clip`` an
+        With ``loss_clip`` the gradient is taken instance by instance and summed, so that an
         instance that blows up adds the cap to the loss and, where its gradient is not
-        finite, nothing to the gradient; without it the sum is not finite and ``tell``
-        skips the step.
+        finite, nothing to the gradient; without it, the gradient of the sum (a non-finite
+        sum makes ``tell`` skip the step).
         """
+        genome, seg = work["genome"], work["segment"]
         valid, tasks, inner = self._shard(work, shard)
+        if self.loss_clip is None:
+            grad_fn = jax.value_and_grad(self._masked_sum, has_aux=True)
+            (loss, (_, metrics, inner)), grad = grad_fn(genome, valid, tasks, inner, seg)
+            return {"loss": loss, "grad": grad, "metrics": metrics, "inner": inner}
         grad_one = jax.value_and_grad(self._instance_loss, has_aux=True)
         (capped, (_, metrics, inner)), grads = jax.vmap(grad_one, in_axes=(None, 0, 0, None))(
-            work["genome"], tasks, inner, work["segment"]
+            genome, tasks, inner, seg
         )
-        keep = valid
-        if self.loss_clip is not None:
-            finite = [
-                jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), -1) for g in jax.tree.leaves(grads)
-            ]
-            keep = keep & functools.reduce(jnp.logical_and, finite)
+        finite = [
+            jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), -1) for g in jax.tree.leaves(grads)
+        ]
+        keep = functools.reduce(jnp.logical_and, finite, valid)
         grad = jax.tree.map(
             lambda g: jnp.sum(jnp.where(keep.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), 0),
             grads,

@@ -31,15 +31,25 @@ def task_fitness(family, rule, instances: int, loss_clip: float | None = None) -
     """
 
     def fitness(genome, key):
-        def one(j):
-            k = jax.random.fold_in(key, j)
-            loss, _ = family.inner_loop(rule, genome, family.sample(k, "train"), k)
-            return clip_loss(loss, loss_clip)
-
-        loss = jnp.mean(jax.vmap(one)(jnp.arange(instances)))
-        return loss if rule.penalty is None else loss + rule.penalty(genome)
+        return train_scores(family, rule, genome, key, instances, loss_clip)[0]
 
     return fitness
+
+
+def train_scores(family, rule, genome, key, instances: int, loss_clip: float | None = None):
+    """``(loss, metrics)``: the mean capped loss (plus the rule's ``penalty``) and the mean of
+    each metric over meta-train instances ``sample(fold_in(key, j), "train")``, j <
+    ``instances``; what :func:`task_fitness` ranks members by."""
+
+    def one(j):
+        k = jax.random.fold_in(key, j)
+        loss, metrics = family.inner_loop(rule, genome, family.sample(k, "train"), k)
+        return clip_loss(loss, loss_clip), metrics
+
+    losses, metrics = jax.vmap(one)(jnp.arange(instances))
+    loss = jnp.mean(losses)
+    loss = loss if rule.penalty is None else loss + rule.penalty(genome)
+    return loss, {name: jnp.mean(v) for name, v in metrics.items()}
 
 
 def clip_loss(loss, loss_clip: float | None):

@@ -178,9 +178,8 @@ class _Supervised:
         beyond an instance's drawn horizon leave its state as it was)."""
         if not self.draws_horizons:
             return self.steps
-        base = getattr(self, self.shots_name)
-        support = self.support_size // base * max(base, self.shots_max_value)
-        return max(self.epochs, self.epochs_max) * support
+        per_shot = self.support_size // getattr(self, self.shots_name)
+        return max(self.epochs, self.epochs_max) * per_shot * self._horizon_shots("train")
 
     # The stepwise inner-loop API (meta-gradients, truncated unrolls). ``inner_loop`` equals
     # ``init_inner``, ``inner_step`` for t = 0 .. steps - 1 (``train_steps`` for a
