@@ -807,12 +807,33 @@ def distill(
 @click.option(
     "--variant", default="trained", show_default=True, help="The task variant --bar checks."
 )
-def report(run_dirs, out, plot, bar, variant):
+@click.option(
+    "--train-last",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Instead of the held-out table, each run's meta-training loss over its last N"
+    " generations (every sweep point, failed ones too): to choose settings, such as a"
+    " learning rate, without looking at the held-out instances.",
+)
+def report(run_dirs, out, plot, bar, variant, train_last):
     """A markdown table of finished runs (or sweep directories): one row per run, named by its
     directory, and one per group of seeds (mean and t-interval across seeds)."""
     from .analysis import markdown_table, report_rows, seed_rows
-    from .analysis.report import ReportError, bar_lines, load_runs
+    from .analysis.report import ReportError, bar_lines, load_runs, train_rows, train_table
 
+    if train_last:
+        if bar or plot:
+            _fail("--train-last: not with --bar or --plot (they read the held-out figures)")
+        try:
+            table = train_table(train_rows(run_dirs, train_last), train_last)
+        except ReportError as err:
+            _fail(str(err))
+        click.echo(table, nl=False)
+        if out:
+            from .checkpoint import atomic_write
+
+            atomic_write(out, table.encode())
+        return
     try:
         runs = load_runs(run_dirs, warn=lambda m: click.echo(f"warning: {m}", err=True))
         rows = report_rows(runs)

@@ -168,3 +168,40 @@ def test_report_bar_counts_the_runs_that_meet_it(tmp_path):
         out = cli_here("report", *dirs, "--bar", bar)
         assert out.returncode == 2 and out.stdout == "", out.stdout
         assert out.stderr.count("\n") == 1 and message in out.stderr
+
+
+def test_report_train_last_lists_every_point_by_its_meta_training_loss(tmp_path):
+    """``report --train-last N``: per run (every sweep point, failed ones too) the mean of
+    the last N generations' meta-training loss (``median_loss``), the lowest in bold,
+    instead of the held-out table; with --bar it is one line (exit 2)."""
+    out = tmp_path / "sweep"
+    curves = {  # point -> (median losses, status)
+        "lr=0.1": ([9.0, 8.0, 5.0, 4.0, 3.0], "done"),
+        "lr=0.3": ([9.0, 2.0, 1.0, 2.0, 1.5], "done"),
+        "lr=1": ([9.0, 10.0, 10.0], "failed: SearchDiverged: generation 3: 20 steps"),
+    }
+    points = []
+    for name, (losses, status) in curves.items():
+        d = out / name
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(yaml.safe_dump({"name": "x", "seed": 0}))
+        lines = [
+            {"generation": g, "median_loss": x, "mean_loss": 99.0} for g, x in enumerate(losses)
+        ]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        points.append({"overrides": {"lr": name[3:]}, "seed": 0, "name": name, "dir": name,
+                       "status": status})  # fmt: skip
+    (out / "sweep.json").write_text(json.dumps({"config": "c.yaml", "points": points}))
+    res = cli_here("report", out, "--train-last", "3")
+    assert res.returncode == 0, res.stderr
+    rows = {line.split("|")[1].strip(): line for line in res.stdout.splitlines()[2:]}
+    assert set(rows) == set(curves)
+    assert "| 5 | 4 | done |" in rows["lr=0.1"]  # mean of 5, 4, 3
+    assert "| 5 | **1.5** | done |" in rows["lr=0.3"]  # mean of 1, 2, 1.5: the lowest
+    assert "| 3 | 9.667 | failed: SearchDiverged" in rows["lr=1"]
+    assert "mean of the last 3 generations" in res.stdout
+    assert "held-out" not in res.stdout and "IQM" not in res.stdout
+    bad = cli_here("report", out, "--train-last", "3", "--bar", "loss<1")
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1
+    bad = cli_here("report", tmp_path / "nothing", "--train-last", "3")
+    assert bad.returncode == 2 and "is not a run directory" in bad.stderr

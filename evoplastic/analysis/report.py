@@ -455,3 +455,57 @@ def load_runs(run_dirs, warn=lambda message: None) -> list[dict]:
         if names.count(r["label"]) > 1:
             r["label"] = f"{r['dir'].parent.name}/{r['label']}"
     return runs
+
+
+def train_rows(run_dirs, last: int) -> list[dict]:
+    """Each run's meta-training loss, averaged over its last ``last`` generations: the
+    median member's for an ES, the genome's own for the meta-gradient (``median_loss`` in
+    ``metrics.jsonl``). Every point of a sweep directory is listed, also those that failed,
+    with how it ended: a figure to choose settings by without looking at held-out instances.
+    """
+    from ..trainer import read_metrics
+
+    listed = []  # (label, run directory, how it ended)
+    for run_dir in map(Path, run_dirs):
+        index = read_index(run_dir)
+        if index is None:
+            if not (run_dir / "config.yaml").is_file():
+                raise ReportError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+            ended = "done" if (run_dir / "eval.json").is_file() else "unfinished"
+            listed.append((run_dir.name, run_dir, ended))
+            continue
+        for p in index["points"]:
+            listed.append((p["dir"], run_dir / p["dir"], p.get("status") or "pending"))
+    rows = []
+    for label, run_dir, ended in listed:
+        records = read_metrics(run_dir)
+        tail = [r.get("median_loss", r.get("mean_loss")) for r in records[-last:]]
+        tail = [float(x) for x in tail if x is not None]
+        rows.append(
+            {
+                "run": label,
+                "dir": str(run_dir),
+                "generations": len(records),
+                "train_loss": float(np.mean(tail)) if tail else None,
+                "last": len(tail),
+                "ended": ended,
+            }
+        )
+    return rows
+
+
+def train_table(rows: list[dict], last: int) -> str:
+    """:func:`train_rows` as a markdown table; the lowest figure in bold."""
+    figures = [r["train_loss"] for r in rows if r["train_loss"] is not None]
+    low = min((x for x in figures if math.isfinite(x)), default=None)
+    lines = [
+        f"| run | generations | meta-train loss (mean of the last {last} generations) | ended |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        shown = _fmt(r["train_loss"])
+        if r["train_loss"] is not None and r["train_loss"] == low:
+            shown = f"**{shown}**"
+        ended = r["ended"].replace("|", "/").splitlines()[0] if r["ended"] else ""
+        lines.append(f"| {r['run']} | {r['generations']} | {shown} | {ended[:120]} |")
+    return "\n".join(lines) + "\n"
