@@ -258,14 +258,7 @@ def train(
                 skip_run = skip_run + 1 if int(m["nonfinite"]) else 0
                 if skip_run >= SKIP_STOP:
                     save(done, state)
-                    raise SearchDiverged(
-                        f"generation {g}: {SKIP_STOP} meta-gradient steps in a row were not"
-                        " finite (or had every instance at evaluation.loss_clip) and were"
-                        " skipped (the rule makes the inner loop diverge on"
-                        " the meta-training instances, so the genome cannot move); start"
-                        " from gentler rules: lower strategy.std_init, rule.init_scale or"
-                        " network.lr, or clip the weights"
-                    )
+                    raise SearchDiverged(_skip_stop_message(g, records))
             record = {"generation": g, **{k: _scalar(v) for k, v in m.items()}}
             std = getattr(new_state, "std", None)
             if std is not None:
@@ -312,6 +305,29 @@ def train(
             " finite; `skipped` in metrics.jsonl)"
         )
     return TrainResult(run_dir, exp.mean_genome(state), records, done, budget_stop)
+
+
+def _skip_stop_message(generation: int, records: list[dict]) -> str:
+    """Why a meta-gradient run stopped after ``SKIP_STOP`` skipped steps, and what to change:
+    the start, if no step was ever taken; the learning rate, if the steps taken led there."""
+    head = (
+        f"generation {generation}: {SKIP_STOP} meta-gradient steps in a row were not finite"
+        " (or had every instance at evaluation.loss_clip) and were skipped"
+    )
+    taken = sum(1 for r in records if not r.get("nonfinite"))
+    if taken:
+        return (
+            f"{head}: {taken} earlier step{'s' if taken != 1 else ''} led the meta-gradient"
+            " into rules that blow up on the meta-training instances, where they give no"
+            " gradient; lower"
+            " meta.gradient.optimizer.learning_rate (compare rates on a spare seed with"
+            " --sweep, then `evoplastic report OUT --train-last 100`)"
+        )
+    return (
+        f"{head} (the rule makes the inner loop diverge on the meta-training instances, so"
+        " the genome cannot move); start from gentler rules: lower strategy.std_init,"
+        " rule.init_scale or network.lr, or clip the weights"
+    )
 
 
 def budget_spent(cfg, record: dict | None) -> bool:

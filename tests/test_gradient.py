@@ -267,3 +267,35 @@ def test_a_run_whose_meta_gradient_steps_are_all_skipped_stops_with_one_line(tmp
     assert len(err) == 1 and "generation 19: 20 meta-gradient steps in a row" in err[0]
     assert not (tmp_path / "bad" / "eval.json").exists()
     assert len(trainer.read_metrics(tmp_path / "bad")) == 19
+
+
+def test_a_run_whose_steps_walk_into_rules_that_blow_up_is_told_to_lower_its_rate(tmp_path):
+    """A start that learns, with a learning rate so large that the first step lands on rules
+    that blow up on every instance (all at the loss cap): the run stops after 20 skipped
+    steps, and its one line blames the learning rate, not the start."""
+    from evoplastic import trainer
+
+    cfg = {
+        "name": "lr_too_high", "seed": 0, "generations": 200,
+        "task": {"name": "sinusoid", "support_size": 10, "query_size": 20, "epochs": 5,
+                 "bias": True, "input_scale": 1.0},
+        "network": {"hidden": [16], "activation": "tanh", "output_activation": "linear",
+                    "feedback": "random", "lr": 1.0, "w_init_std": 1.0},
+        "rule": {"name": "polynomial", "per_layer": True, "terms": ["err*pre", "w"],
+                 "init": {"err*pre": 0.03}},
+        "evaluation": {"instances": 16, "loss_clip": 25.0},
+        "meta": {"optimizer": "gradient", "gradient": {
+            "optimizer": {"name": "adam", "learning_rate": 1.0}, "remat": "none",
+            "init_std": 0.0}},
+        "test": {"every": 0, "final_instances": 4},
+    }  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text(ep.config.dump(ep.config.parse(cfg)))
+    out = cli_here("run", path, "--out", tmp_path / "high", "--quiet")
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "generation 20: 20 meta-gradient steps in a row" in err[0]
+    assert "1 earlier step led the meta-gradient into rules that blow up" in err[0]
+    assert "lower meta.gradient.optimizer.learning_rate" in err[0] and "std_init" not in err[0]
+    records = trainer.read_metrics(tmp_path / "high")
+    assert records[0]["nonfinite"] == 0 and all(r["nonfinite"] for r in records[1:])
