@@ -250,6 +250,17 @@ def test_gradient_step_adds_the_rule_prior_once():
         np.testing.assert_array_equal(a, b)
 
 
+def _stopped_run_line(tmp_path, cfg: dict, name: str) -> str:
+    """Run ``cfg`` into ``tmp_path/name`` by the CLI; it must stop with one line, exit 2."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(ep.config.dump(ep.config.parse(cfg)))
+    out = cli_here("run", path, "--out", tmp_path / name, "--quiet")
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
 def test_a_run_whose_meta_gradient_steps_are_all_skipped_stops_with_one_line(tmp_path):
     """A start whose inner loop diverges on every meta-training instance makes every step
     non-finite: the run stops after 20 skipped steps in a row with one line (exit 2),
@@ -259,12 +270,9 @@ def test_a_run_whose_meta_gradient_steps_are_all_skipped_stops_with_one_line(tmp
     cfg = small_config(generations=300, meta=GRADIENT, test={"every": 0, "final_instances": 4})
     cfg["rule"] = {"name": "polynomial", "terms": ["pre*post"], "init": {"pre*post": 1e4}}
     cfg["strategy"] = {"name": "cma_es", "population_size": 8, "std_init": 1e-6}
-    path = tmp_path / "cfg.yaml"
-    path.write_text(ep.config.dump(ep.config.parse(cfg)))
-    out = cli_here("run", path, "--out", tmp_path / "bad", "--quiet")
-    assert out.returncode == 2, out.stderr
-    err = out.stderr.strip().splitlines()
-    assert len(err) == 1 and "generation 19: 20 meta-gradient steps in a row" in err[0]
+    err = _stopped_run_line(tmp_path, cfg, "bad")
+    assert "generation 19: 20 meta-gradient steps in a row" in err
+    assert "std_init" in err and "learning_rate" not in err  # the start is at fault
     assert not (tmp_path / "bad" / "eval.json").exists()
     assert len(trainer.read_metrics(tmp_path / "bad")) == 19
 
@@ -289,13 +297,9 @@ def test_a_run_whose_steps_walk_into_rules_that_blow_up_is_told_to_lower_its_rat
             "init_std": 0.0}},
         "test": {"every": 0, "final_instances": 4},
     }  # fmt: skip
-    path = tmp_path / "cfg.yaml"
-    path.write_text(ep.config.dump(ep.config.parse(cfg)))
-    out = cli_here("run", path, "--out", tmp_path / "high", "--quiet")
-    assert out.returncode == 2, out.stderr
-    err = out.stderr.strip().splitlines()
-    assert len(err) == 1 and "generation 20: 20 meta-gradient steps in a row" in err[0]
-    assert "1 earlier step led the meta-gradient into rules that blow up" in err[0]
-    assert "lower meta.gradient.optimizer.learning_rate" in err[0] and "std_init" not in err[0]
+    err = _stopped_run_line(tmp_path, cfg, "high")
+    assert "generation 20: 20 meta-gradient steps in a row" in err
+    assert "1 earlier step led the meta-gradient into rules that blow up" in err
+    assert "lower meta.gradient.optimizer.learning_rate" in err and "std_init" not in err
     records = trainer.read_metrics(tmp_path / "high")
     assert records[0]["nonfinite"] == 0 and all(r["nonfinite"] for r in records[1:])
