@@ -432,8 +432,7 @@ def load_runs(run_dirs, warn=lambda message: None) -> list[dict]:
             expanded.append((run_dir / p["dir"], point or None))
     runs = []
     for run_dir, point in expanded:
-        if not (run_dir / "config.yaml").is_file():
-            raise ReportError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+        _require_run_dir(run_dir)
         if not (run_dir / "eval.json").is_file():
             raise ReportError(
                 f"{str(run_dir)!r} has no eval.json (unfinished run? `evoplastic resume` it)"
@@ -457,6 +456,12 @@ def load_runs(run_dirs, warn=lambda message: None) -> list[dict]:
     return runs
 
 
+def _require_run_dir(run_dir: Path) -> None:
+    """:class:`ReportError` unless ``run_dir`` holds a run's ``config.yaml``."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ReportError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+
+
 def train_rows(run_dirs, last: int) -> list[dict]:
     """Each run's meta-training loss, averaged over its last ``last`` generations: the
     median member's for an ES, the genome's own for the meta-gradient (``median_loss`` in
@@ -469,8 +474,7 @@ def train_rows(run_dirs, last: int) -> list[dict]:
     for run_dir in map(Path, run_dirs):
         index = read_index(run_dir)
         if index is None:
-            if not (run_dir / "config.yaml").is_file():
-                raise ReportError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+            _require_run_dir(run_dir)
             ended = "done" if (run_dir / "eval.json").is_file() else "unfinished"
             listed.append((run_dir.name, run_dir, ended))
             continue
@@ -484,10 +488,8 @@ def train_rows(run_dirs, last: int) -> list[dict]:
         rows.append(
             {
                 "run": label,
-                "dir": str(run_dir),
                 "generations": len(records),
                 "train_loss": float(np.mean(tail)) if tail else None,
-                "last": len(tail),
                 "ended": ended,
             }
         )
@@ -497,7 +499,7 @@ def train_rows(run_dirs, last: int) -> list[dict]:
 def train_table(rows: list[dict], last: int) -> str:
     """:func:`train_rows` as a markdown table; the lowest figure in bold."""
     figures = [r["train_loss"] for r in rows if r["train_loss"] is not None]
-    low = min((x for x in figures if math.isfinite(x)), default=None)
+    low = min(filter(math.isfinite, figures), default=None)
     lines = [
         f"| run | generations | meta-train loss (mean of the last {last} generations) | ended |",
         "|---|---|---|---|",
@@ -506,6 +508,6 @@ def train_table(rows: list[dict], last: int) -> str:
         shown = _fmt(r["train_loss"])
         if r["train_loss"] is not None and r["train_loss"] == low:
             shown = f"**{shown}**"
-        ended = r["ended"].replace("|", "/").splitlines()[0] if r["ended"] else ""
+        ended = r["ended"].replace("|", "/").splitlines()[0]
         lines.append(f"| {r['run']} | {r['generations']} | {shown} | {ended[:120]} |")
     return "\n".join(lines) + "\n"
