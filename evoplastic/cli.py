@@ -482,8 +482,8 @@ def _run_genome(run_dir: Path, exp):
     multiple=True,
     type=click.Path(path_type=Path),
     metavar="RUN",
-    help="With --sweep: also evaluate RUN's rule, alone, at every value (repeatable; e.g. the "
-    "other seeds of the config); the baselines are RUN_DIR's.",
+    help="Also evaluate RUN's rule, alone, on the same task (with --sweep: at every value); "
+    "repeatable, e.g. the other seeds of the config; the baselines are RUN_DIR's.",
 )
 @click.option(
     "--no-baselines",
@@ -495,7 +495,8 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path, other
     """Evaluate a run's rule on held-out instances, next to Oja's and Hebb's rules.
 
     TASK_PARAM=VALUE changes the task, e.g. `dim=40` for five times the input dimension;
-    --sweep evaluates along one task parameter, e.g. `--sweep shots=5,10,20`.
+    --sweep evaluates along one task parameter, e.g. `--sweep shots=5,10,20`; --also RUN adds
+    another run's rule (e.g. another seed's) on the same instances.
     `task=mnist1d network.hidden=[64,64]` carries a digits rule, unchanged, to MNIST-1D on a
     wider and deeper network.
     """
@@ -505,8 +506,8 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path, other
 
     source_cfg = _run_dir_config(run_dir)
     warn_if_changed(run_dir, lambda m: click.echo(f"warning: {m}", err=True))
+    others = [(other, _run_dir_config(other)) for other in others]
     if sweep is not None:
-        others = [(other, _run_dir_config(other)) for other in others]
         _eval_sweep(
             run_dir,
             source_cfg,
@@ -520,11 +521,14 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path, other
             not no_baselines,
         )
         return
-    if plot_path is not None or others:
-        flag = "--plot" if plot_path is not None else "--also"
-        _fail(f"{flag} goes with a sweep: give --sweep TASK_PARAM=V1,V2,... with it")
+    if plot_path is not None:
+        _fail("--plot goes with a sweep: give --sweep TASK_PARAM=V1,V2,... with it")
     try:
         cfg, task = evaluation.config_with_task(run_dir, overrides)
+        other_cfgs = [
+            (other, other_source, evaluation.config_with_task(other, overrides)[0])
+            for other, other_source in others
+        ]
     except ConfigError as err:
         _fail(str(err))
     exp = _build(cfg)
@@ -532,6 +536,9 @@ def eval_(run_dir, overrides, instances, as_json, which, sweep, plot_path, other
     if which == "distilled":
         exp, genome = _distilled(run_dir, cfg, genome)
     results = evaluation.evaluate_run(exp, genome, instances, not no_baselines)
+    for other, other_source, other_cfg in other_cfgs:
+        click.echo(f"{other}'s rule", err=True)
+        results[f"evolved ({other})"] = _also_rule(other, other_source, other_cfg, which, instances)
     if as_json:
         from .trainer import _json_safe
 
@@ -566,6 +573,17 @@ def _eval_genome(run_dir, source_cfg, exp):
         return evaluation.carry_genome(source, _run_genome(run_dir, source), exp)
     except ValueError as err:
         _fail(str(err))
+
+
+def _also_rule(run_dir, source_cfg, cfg, which, instances) -> dict:
+    """``eval --also RUN``: RUN's rule (or its distilled equation), alone, on ``cfg``'s task."""
+    from .analysis import evaluation
+
+    exp = _build(cfg)
+    genome = _eval_genome(run_dir, source_cfg, exp)
+    if which == "distilled":
+        exp, genome = _distilled(run_dir, exp.config, genome)
+    return evaluation.evaluate_rule(exp, genome, instances)
 
 
 def _eval_sweep(
@@ -607,12 +625,10 @@ def _eval_sweep(
         by_value[value] = evaluation.evaluate_run(exp, genome, instances, baselines)
     for other, other_source, per_value in other_configs:
         for value, cfg in per_value:
-            exp = _build(cfg)
-            genome = _eval_genome(other, other_source, exp)
-            if which == "distilled":
-                exp, genome = _distilled(other, exp.config, genome)
             click.echo(f"{name}={value}: {other}'s rule", err=True)
-            by_value[value][f"evolved ({other})"] = evaluation.evaluate_rule(exp, genome, instances)
+            by_value[value][f"evolved ({other})"] = _also_rule(
+                other, other_source, cfg, which, instances
+            )
     from .analysis.plots import sweep_curves
 
     metric = evaluation.headline_metric(next(iter(by_value.values())))

@@ -79,10 +79,53 @@ def test_no_baselines_evaluates_the_rules_alone(oja_run, tmp_path, capsys):
     assert list(alone) == ["evolved"] and alone["evolved"]["loss"]["n"] == 6
 
 
+def test_also_without_a_sweep_adds_each_rule_on_the_same_changed_task(oja_run, tmp_path, capsys):
+    """``eval RUN TASK_PARAM=V --also RUN2``: RUN2's rule, carried to the same changed task,
+    scored on the same instances as RUN's rule and the baselines (one table for several
+    seeds' rules)."""
+    hebb = tmp_path / "hebb"
+    fake_run(hebb, small_config(), jnp.array([1.0, 0.0, 0.0, 0.0]))
+    argv = ["eval", str(oja_run), "dim=6", "--instances", "6", "--json", "--also", str(hebb)]
+    assert call(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    rules = report["rules"]
+    also = f"evolved ({hebb})"
+    assert list(rules)[0] == "evolved" and list(rules)[-1] == also and "oja" in rules
+    for name, fixed in (("evolved", "oja"), (also, "hebb")):
+        assert rules[name]["alignment"]["n"] == 6
+        for stat in ("mean", "median"):
+            assert rules[name]["alignment"][stat] == pytest.approx(
+                rules[fixed]["alignment"][stat], abs=1e-5
+            )
+    assert call([*argv, "--no-baselines"]) == 0
+    alone = json.loads(capsys.readouterr().out)["rules"]
+    assert list(alone) == ["evolved", also]
+    assert alone[also]["alignment"] == pytest.approx(rules[also]["alignment"])
+    # the override reaches the other run too: at dim 3 its figures differ
+    assert (
+        call(
+            [
+                "eval",
+                str(oja_run),
+                "dim=3",
+                "--instances",
+                "6",
+                "--json",
+                "--also",
+                str(hebb),
+                "--no-baselines",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["rules"][also] != alone[also]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--also", "x"], "--also goes with a sweep"),
+        (["--also", "/nonexistent"], "/nonexistent"),
+        (["--also", "/nonexistent", "dim=6"], "/nonexistent"),
         (["--sweep", "dim=4,8", "--also", "/nonexistent"], "/nonexistent"),
         (["--sweep", "dim=4"], "two values at least"),
         (["--sweep", "dim"], "expected TASK_PARAM=V1,V2"),

@@ -17,6 +17,10 @@ one config), each carried unchanged to the task, on the held-out instances (no b
 
     python -m evoplastic.analysis.transfer task=mnist1d network.hidden=[64,64] \\
         input_scale=0.02 --rules experiments/results/digits runs/digits_s1 ...
+
+(the same figures, as a table, from ``evoplastic eval experiments/results/digits
+task=mnist1d network.hidden=[64,64] input_scale=0.02 --no-baselines --also runs/digits_s1``;
+the committed result files made with ``--rules`` name it as their command.)
 """
 
 from __future__ import annotations
