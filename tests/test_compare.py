@@ -215,6 +215,25 @@ def test_compare_runs_interleaved_and_reports_from_the_run_files(write_config, t
     assert f"| {np.mean(values):.4g} ± " in _row(out, method)
 
 
+def test_a_second_comparison_into_the_same_directory_keeps_the_first_in_the_report(tmp_path):
+    """Comparing configs one call at a time into one directory reports them all: each call's
+    entries join the manifest; a config compared again replaces its own entry in place."""
+
+    def entry(name, dirs):
+        return {"name": name, "methods": ["m"], "runs": [{"dir": d} for d in dirs]}
+
+    compare.write_manifest(tmp_path, [entry("a", ["a0"]), entry("b", ["b0"])])
+    compare.write_manifest(tmp_path, [entry("c", ["c0"])])
+    compare.write_manifest(tmp_path, [entry("b", ["b1"]), entry("d", ["d0"])])
+    tasks = json.loads((tmp_path / compare.MANIFEST).read_text())["tasks"]
+    assert [(t["name"], t["runs"][0]["dir"]) for t in tasks] == [
+        ("a", "a0"),
+        ("b", "b1"),
+        ("c", "c0"),
+        ("d", "d0"),
+    ]
+
+
 def test_compare_cli_bad_input_writes_nothing(write_config, tmp_path, capsys):
     cfg = small_config(compare={"methods": {"x": {}}})  # no time budget
     out = tmp_path / "cmp"

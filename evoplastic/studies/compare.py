@@ -415,7 +415,13 @@ def write_report(out: Path) -> tuple[Path, Path]:
 
 
 def write_manifest(out: Path, entries: list[dict]) -> None:
+    """``OUT/compare.json`` with ``entries``; the entries of earlier comparisons into the same
+    directory for other configs are kept (one of the same name is replaced where it stood),
+    so that the report covers every config compared there."""
     from .. import checkpoint
 
-    data = {"tasks": entries}
+    earlier = _read_json(Path(out) / MANIFEST) or {}
+    new = {e["name"]: e for e in entries}
+    merged = [new.pop(e["name"], e) for e in earlier.get("tasks", [])]
+    data = {"tasks": merged + [e for e in entries if e["name"] in new]}
     checkpoint.atomic_write(Path(out) / MANIFEST, (json.dumps(data, indent=2) + "\n").encode())
